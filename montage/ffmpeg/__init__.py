@@ -1,0 +1,1 @@
+"""FFmpeg layer: find, probe, profile, build, run, manage and chunk ffmpeg processes."""

@@ -1,0 +1,1 @@
+"""Video jobs built on the ffmpeg layer: segments, the editor and streaming analysis."""

@@ -1,0 +1,1 @@
+"""Seed import paths: thin aliases of the montage package."""

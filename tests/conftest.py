@@ -1,0 +1,94 @@
+"""Shared fixtures: real media generated with ffmpeg's lavfi sources, never committed."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+@pytest.fixture(scope="session")
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary the tests use to *make* media (the imageio-ffmpeg wheel's)."""
+    return _ffmpeg_exe()
+
+
+MakeClip = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def make_clip(tmp_path_factory: pytest.TempPathFactory, ffmpeg_exe: str) -> MakeClip:
+    """Factory for generated clips, cached per session by their parameters.
+
+    ``make_clip(duration=4, size="320x240", rate=25, audio=True, gop=25, vcodec="libx264",
+    source="testsrc2", ext="mp4", tone=440, extra=())`` returns the path of a file made with
+    ``-f lavfi testsrc2/sine``. Treat it as read-only: it is shared between tests.
+    """
+    cache_dir = tmp_path_factory.mktemp("clips")
+    made: dict[str, Path] = {}
+
+    def make(
+        duration: float = 4.0,
+        size: str = "320x240",
+        rate: int = 25,
+        audio: bool = True,
+        gop: int | None = 25,
+        vcodec: str = "libx264",
+        source: str = "testsrc2",
+        ext: str = "mp4",
+        tone: int = 440,
+        sample_rate: int = 48000,
+        extra: tuple[str, ...] = (),
+        name: str | None = None,
+    ) -> Path:
+        key = repr((duration, size, rate, audio, gop, vcodec, source, ext, tone, sample_rate, extra))
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        if digest in made and name is None:
+            return made[digest]
+        out = cache_dir / (name or f"clip_{digest}.{ext}")
+        cmd = [
+            ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-f", "lavfi", "-i", f"{source}=size={size}:rate={rate}:duration={duration}",
+        ]
+        if audio:
+            cmd += ["-f", "lavfi", "-i",
+                    f"sine=frequency={tone}:sample_rate={sample_rate}:duration={duration}"]
+        cmd += ["-c:v", vcodec]
+        if vcodec in ("libx264", "libx265"):
+            cmd += ["-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+        if gop is not None:
+            cmd += ["-g", str(gop)]
+        if audio:
+            cmd += ["-c:a", "aac", "-b:a", "96k"]
+        cmd += [*extra, str(out)]
+        subprocess.run(cmd, check=True)
+        if name is None:
+            made[digest] = out
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def clip(make_clip: MakeClip) -> Path:
+    """A 4 s 320x240 25 fps H.264 + AAC clip with a keyframe every second."""
+    return make_clip()
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """The read-only ``../shared`` folder beside the checkout; skipped where it is absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"{SHARED_DIR} is absent (a user's clone has no ../shared)")
+    return SHARED_DIR
