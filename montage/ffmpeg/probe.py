@@ -1,0 +1,420 @@
+"""What is in a media file, read with PyAV by demuxing only (never decoding).
+
+Probing must be cheap (milliseconds, a few MB) because every job starts with it, and it
+must be safe on files we did not make: playlist-style inputs (hls, concat, dash, ...) make
+the demuxer open *other* files or URLs named inside them, so they are refused unless the
+caller says ``trusted=True``, checked by content and name before opening and by the
+demuxer PyAV picked after opening; and PyAV may only use the ``file`` protocol.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from montage.errors import (
+    CorruptMediaError,
+    EmptyMediaError,
+    MediaNotFoundError,
+    NotAFileError,
+    NotMediaError,
+    NoVideoStreamError,
+    UnreadableMediaError,
+    UntrustedInputError,
+)
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.stream import Stream
+
+PathLike = str | os.PathLike[str]
+
+PLAYLIST_SUFFIXES = frozenset(
+    {".m3u8", ".m3u", ".txt", ".ffconcat", ".mpd", ".xml", ".sdp", ".ism"}
+)
+PLAYLIST_MAGIC = (b"#EXTM3U", b"ffconcat", b"<?xml", b"<MPD", b"v=0", b"file ", b"file\t")
+PLAYLIST_FORMATS = frozenset(
+    {"hls", "applehttp", "concat", "ffconcat", "dash", "tee", "sdp", "rtp", "rtsp", "imf", "mpd"}
+)
+# Magic numbers of containers we know: an unreadable file with one of these is "corrupt",
+# one without is "not media".
+_CONTAINER_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba", b"fLaC")
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+_TAIL_TOLERANCE_S = 1.0
+_MOOV_CAP_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One stream's facts. ``rotation`` is ffmpeg's display-matrix angle (counter-clockwise
+    degrees, as given to ``-display_rotation``) normalised to 0, 90, 180 or 270."""
+
+    index: int
+    kind: str  # "video" | "audio" | "subtitle" | "data"
+    codec: str
+    width: int | None = None
+    height: int | None = None
+    rotation: int = 0
+    pix_fmt: str | None = None
+    frame_rate: float | None = None
+    time_base: Fraction | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    duration_s: float | None = None
+    bit_rate: int | None = None
+    frames: int | None = None
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """A whole file: container name (PyAV's, e.g. ``mov,mp4,m4a,3gp,3g2,mj2``), streams."""
+
+    path: str
+    container: str
+    duration_s: float
+    size_bytes: int
+    bit_rate: int | None
+    streams: tuple[StreamInfo, ...]
+
+    @property
+    def video(self) -> StreamInfo | None:
+        """The first video stream (the one ffmpeg picks by default), or None."""
+        return next((s for s in self.streams if s.kind == "video"), None)
+
+    @property
+    def audio(self) -> StreamInfo | None:
+        """The first audio stream, or None."""
+        return next((s for s in self.streams if s.kind == "audio"), None)
+
+    @property
+    def has_video(self) -> bool:
+        return self.video is not None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (Fractions become "num/den" strings)."""
+        data = asdict(self)
+        data["streams"] = [
+            {**s, "time_base": None if s["time_base"] is None else str(s["time_base"])}
+            for s in data["streams"]
+        ]
+        return data
+
+
+def validate_input_path(path: PathLike) -> Path:
+    """Check that ``path`` names a non-empty readable regular file; typed errors otherwise.
+
+    Done before PyAV so the user gets "does not exist" rather than a demuxer's guess.
+    """
+    p = Path(os.fspath(path))
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise MediaNotFoundError(
+            str(p), f"{p}: no such file; check the path (relative to {Path.cwd()})"
+        ) from None
+    except OSError as exc:
+        raise UnreadableMediaError(str(p), f"{p}: cannot be read ({exc.strerror})") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise NotAFileError(str(p), f"{p} is a directory; give the path of a video file in it")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFileError(str(p), f"{p} is not a regular file (a device, fifo or socket)")
+    if st.st_size == 0:
+        raise EmptyMediaError(str(p), f"{p} is empty (0 bytes); the copy or download failed?")
+    if not os.access(p, os.R_OK):
+        raise UnreadableMediaError(
+            str(p), f"{p}: permission denied; make it readable (chmod +r) or run as its owner"
+        )
+    return p.absolute()
+
+
+def _head(path: Path, size: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(size)
+    except PermissionError as exc:
+        raise UnreadableMediaError(str(path), f"{path}: permission denied ({exc})") from exc
+
+
+def refuse_playlist(path: Path) -> None:
+    """Refuse a playlist-style file by its name or first bytes, before any demuxer opens it."""
+    head = _head(path).lstrip(b"\xef\xbb\xbf \t\r\n")
+    by_name = path.suffix.lower() in PLAYLIST_SUFFIXES
+    by_content = head.startswith(PLAYLIST_MAGIC)
+    if by_name or by_content:
+        raise UntrustedInputError(
+            str(path),
+            f"{path} looks like a playlist or pattern (hls/concat/dash/image sequence) that "
+            f"would open other files; pass trusted=True (--trusted) only if you made it",
+        )
+
+
+def _looks_like_container(path: Path) -> bool:
+    head = _head(path, 16)
+    if head[4:8] in _MP4_BOXES or head.startswith(_CONTAINER_MAGIC):
+        return True
+    return len(head) >= 1 and head[0] == 0x47 and path.stat().st_size >= 189 and _ts_sync(path)
+
+
+def _ts_sync(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(188)
+        return fh.read(1) == b"\x47"
+
+
+@contextmanager
+def _open(path: Path, trusted: bool) -> Iterator[InputContainer]:
+    """Open with PyAV through an explicit ``file:`` URL (a name like ``http:x`` or ``-x`` is a
+    file) and only the file protocol unless trusted; map PyAV's errors to ours."""
+    import av
+
+    options = {} if trusted else {"protocol_whitelist": "file"}
+    try:
+        container = av.open("file:" + str(path), mode="r", options=options)
+    except PermissionError as exc:
+        raise UnreadableMediaError(str(path), f"{path}: cannot be opened ({exc})") from exc
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        if _looks_like_container(path):
+            raise CorruptMediaError(
+                str(path),
+                f"{path} is a media file but cannot be read ({exc}); it is truncated or "
+                f"damaged: copy it again or repair it (e.g. remux with ffmpeg)",
+            ) from exc
+        raise NotMediaError(
+            str(path), f"{path} is not a video or audio file FFmpeg can read ({exc})"
+        ) from exc
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _rate(stream: Stream) -> float | None:
+    for name in ("average_rate", "guessed_rate", "base_rate"):
+        value = getattr(stream, name, None)
+        if value:
+            return float(value)
+    return None
+
+
+def _stream_info(stream: Stream, rotations: dict[int, int]) -> StreamInfo:
+    kind = stream.type if stream.type in ("video", "audio", "subtitle") else "data"
+    ctx: Any = stream.codec_context
+    tb = stream.time_base
+    common: dict[str, Any] = {
+        "index": stream.index,
+        "kind": kind,
+        "codec": (ctx.name if ctx is not None else None) or "unknown",
+        "time_base": Fraction(tb) if tb else None,
+        "duration_s": float(stream.duration * tb) if stream.duration and tb else None,
+        "bit_rate": (getattr(ctx, "bit_rate", None) or None) if ctx is not None else None,
+        "frames": stream.frames or None,
+    }
+    if kind == "video":
+        return StreamInfo(
+            **common,
+            width=ctx.width or None,
+            height=ctx.height or None,
+            rotation=rotations.get(stream.id, 0),
+            pix_fmt=ctx.pix_fmt,
+            frame_rate=_rate(stream),
+        )
+    if kind == "audio":
+        return StreamInfo(
+            **common, sample_rate=ctx.sample_rate or None, channels=ctx.channels or None
+        )
+    return StreamInfo(**common)
+
+
+def _duration_s(container: InputContainer, streams: tuple[StreamInfo, ...]) -> float:
+    if container.duration and container.duration > 0:
+        return container.duration / 1_000_000
+    durations = [s.duration_s for s in streams if s.duration_s]
+    return max(durations, default=0.0)
+
+
+def _refuse_format(path: Path, container: InputContainer) -> None:
+    names = set(container.format.name.split(","))
+    pattern = "image2" in names and "%" in path.name
+    if names & PLAYLIST_FORMATS or pattern:
+        raise UntrustedInputError(
+            str(path),
+            f"{path} is a {container.format.name} playlist that would open other files; "
+            f"pass trusted=True (--trusted) only if you made it",
+        )
+
+
+def _check_tail(path: Path, container: InputContainer, duration_s: float) -> None:
+    """Raise CorruptMediaError when the last packets stop well before the stated duration.
+
+    A file cut short keeps its header's duration; one seek near the end and a few packets
+    read show whether the data is really there (mp4 index entries past EOF, mkv cut, ...).
+    """
+    import av
+
+    if not container.streams or duration_s <= 0 or container.format.name == "mpegts":
+        return
+    stream = container.streams.video[0] if container.streams.video else container.streams[0]
+    if not stream.time_base:
+        return
+    start_s = (container.start_time or 0) / 1_000_000
+    target_s = start_s + max(0.0, duration_s - 2 * _TAIL_TOLERANCE_S)
+    end_s = -math.inf
+    try:
+        container.seek(int(target_s / stream.time_base), stream=stream, backward=True)
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                end_s = max(end_s, float((packet.pts + (packet.duration or 0)) * stream.time_base))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise _corrupt(path, f"reading its end failed: {exc}") from exc
+    stated_end_s = start_s + duration_s
+    if end_s < stated_end_s - max(_TAIL_TOLERANCE_S, 0.1 * duration_s):
+        found = "no packets" if end_s == -math.inf else f"packets end at {end_s - start_s:.2f} s"
+        raise _corrupt(path, f"it says {duration_s:.2f} s but {found}")
+
+
+def _corrupt(path: Path, why: str) -> CorruptMediaError:
+    return CorruptMediaError(
+        str(path), f"{path} is truncated or damaged ({why}); copy it again or re-download it"
+    )
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the ISO-BMFF boxes in ``data[start:end]``."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        header = 8
+        if size == 1 and pos + 16 <= end:
+            size, header = struct.unpack(">Q", data[pos + 8 : pos + 16])[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            return
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def _read_moov(path: Path) -> bytes | None:
+    """The ``moov`` box's payload (capped at 64 MiB: this is a probe, not a loader)."""
+    with open(path, "rb") as fh:
+        while True:
+            header = fh.read(8)
+            if len(header) < 8:
+                return None
+            size, kind = struct.unpack(">I4s", header)
+            payload = size - 8
+            if size == 1:
+                payload = struct.unpack(">Q", fh.read(8))[0] - 16
+            elif size == 0:
+                payload = -1
+            if kind == b"moov":
+                return fh.read(min(payload, _MOOV_CAP_BYTES) if payload >= 0 else _MOOV_CAP_BYTES)
+            if payload < 0:
+                return None
+            fh.seek(payload, os.SEEK_CUR)
+
+
+def mp4_rotations(path: Path) -> dict[int, int]:
+    """Track id -> rotation (as ffmpeg's display matrix reports it) from each ``tkhd`` matrix.
+
+    PyAV 18 can write a stream's display matrix but not read it, so we read the
+    mp4/mov track headers ourselves: a few hundred bytes, no decoding.
+    """
+    try:
+        moov = _read_moov(path)
+    except (OSError, struct.error):
+        return {}
+    if moov is None:
+        return {}
+    result: dict[int, int] = {}
+    for kind, start, end in _boxes(moov, 0, len(moov)):
+        if kind != b"trak":
+            continue
+        for sub, s_start, s_end in _boxes(moov, start, end):
+            if sub == b"tkhd" and s_end - s_start >= 84:
+                track_id, degrees = _tkhd_rotation(moov[s_start:s_end])
+                result[track_id] = degrees
+    return result
+
+
+def _tkhd_rotation(tkhd: bytes) -> tuple[int, int]:
+    version = tkhd[0]
+    id_offset, matrix_offset = (20, 48) if version == 1 else (12, 40)
+    (track_id,) = struct.unpack(">I", tkhd[id_offset : id_offset + 4])
+    a, b, _u, c, d = struct.unpack(">5i", tkhd[matrix_offset : matrix_offset + 20])
+    if not (a or b or c or d):
+        return track_id, 0
+    degrees = -math.degrees(math.atan2(b, a))
+    return track_id, round(degrees / 90.0) * 90 % 360
+
+
+def probe(path: PathLike, *, trusted: bool = False, require_video: bool = False) -> MediaInfo:
+    """Container, duration, size, bit rate and per-stream facts of ``path`` (demux only)."""
+    p = validate_input_path(path)
+    if not trusted:
+        refuse_playlist(p)
+    with _open(p, trusted) as container:
+        if not trusted:
+            _refuse_format(p, container)
+        rotations = mp4_rotations(p) if "mp4" in container.format.name else {}
+        streams = tuple(_stream_info(s, rotations) for s in container.streams)
+        if not streams:
+            raise NotMediaError(str(p), f"{p} has no audio or video streams")
+        duration_s = _duration_s(container, streams)
+        _check_tail(p, container, duration_s)
+        info = MediaInfo(
+            path=str(p),
+            container=container.format.name,
+            duration_s=duration_s,
+            size_bytes=p.stat().st_size,
+            bit_rate=container.bit_rate or None,
+            streams=streams,
+        )
+    if require_video and not info.has_video:
+        raise NoVideoStreamError(
+            str(p),
+            f"{p} has no video stream (only {', '.join(s.kind for s in streams)}); "
+            f"give a video file",
+        )
+    return info
+
+
+def keyframe_times(path: PathLike, *, trusted: bool = False) -> list[float]:
+    """Seconds (from the file's start) of every keyframe of the first video stream, sorted.
+
+    Read from packet flags and pts: no decoding, so a 10-minute 1080p file takes well
+    under a second. Times are relative to the container start, as ``-ss`` counts them.
+    """
+    import av
+
+    p = validate_input_path(path)
+    if not trusted:
+        refuse_playlist(p)
+    with _open(p, trusted) as container:
+        if not trusted:
+            _refuse_format(p, container)
+        if not container.streams.video:
+            raise NoVideoStreamError(str(p), f"{p} has no video stream, so it has no keyframes")
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        start_s = (container.start_time or 0) / 1_000_000
+        times: list[float] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.is_keyframe and packet.pts is not None and tb is not None:
+                    times.append(float(packet.pts * tb) - start_s)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise _corrupt(p, f"demuxing failed after {len(times)} keyframes: {exc}") from exc
+    return sorted(times)
