@@ -220,11 +220,15 @@ def _media_facts(media: Any) -> tuple[int, int, str | None]:
     return int(width), int(height), getattr(video, "pix_fmt", None)
 
 
-def _decoder_threads(requested: int, height: int) -> int:
-    """ffmpeg's decoder threads: 0 = auto = min(cpus + 1, 16), limited by macroblock rows."""
+def _decoder_threads(requested: int) -> int:
+    """ffmpeg's decoder threads: 0 = auto = min(cpus + 1, 16) frame threads.
+
+    (ffmpeg also caps auto at one thread per macroblock row; that only matters for tiny frames,
+    and ignoring it keeps "auto is the most" true, which the profile ordering relies on.)
+    """
     if requested > 0:
         return requested
-    cpus = min(cpu_count(), max(1, (height + 15) // 16))
+    cpus = cpu_count()
     return min(cpus + 1, 16) if cpus > 1 else 1
 
 
@@ -307,7 +311,7 @@ def predict_peak_mb(
     if operation == "copy" or codec == "copy":
         return MODEL.base_mb + MODEL.copy_mb
     settings = profile_settings(profile) if profile is not None else None
-    dec_threads = _decoder_threads(settings.decoder_threads if settings else 0, height)
+    dec_threads = _decoder_threads(settings.decoder_threads if settings else 0)
     source_mb = width * height * bytes_per_pixel(source_fmt or pix_fmt) / MIB
     peak_mb = MODEL.base_mb + source_mb * (MODEL.dec_frames + MODEL.dec_thread_frames * dec_threads)
     if operation == "decode":
