@@ -1,0 +1,449 @@
+"""MemoryMonitor, memory_guard and current_budget_mb, on fake machine trees and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from montage.errors import ConfigError, MemoryLimitExceeded
+from montage.memory.monitor import (
+    MemoryMonitor,
+    MemoryStats,
+    _Tracked,
+    current_budget_mb,
+    get_memory_monitor,
+    memory_guard,
+)
+from montage.memory.pressure import MemoryPressureLevel as Level
+
+MIB = 1024 * 1024
+Change = tuple[Level, Level]
+
+
+class FakeMachine:
+    """A fake ``/proc`` under tmp: meminfo (machine usage) and our own statm (tree RSS)."""
+
+    def __init__(self, root: Path, total_mb: int = 10_000) -> None:
+        self.root = root
+        self.total_mb = total_mb
+        pid = os.getpid()
+        task = root / "proc" / str(pid) / "task" / str(pid)
+        task.mkdir(parents=True)
+        (task / "children").write_text("")
+        self.set_used_pct(10.0)
+        self.set_tree_mb(10)
+
+    def set_used_pct(self, percent: float) -> None:
+        available_kb = int(self.total_mb * 1024 * (100.0 - percent) / 100.0)
+        (self.root / "proc" / "meminfo").write_text(
+            f"MemTotal: {self.total_mb * 1024} kB\nMemAvailable: {available_kb} kB\n"
+            "SwapTotal: 0 kB\nSwapFree: 0 kB\n"
+        )
+
+    def set_tree_mb(self, tree_mb: float) -> None:
+        pages = int(tree_mb * MIB / os.sysconf("SC_PAGE_SIZE"))
+        statm = self.root / "proc" / str(os.getpid()) / "statm"
+        statm.write_text(f"{pages} {pages} 0 0 0 0 0\n")
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> FakeMachine:
+    return FakeMachine(tmp_path / "root")
+
+
+def recorder(monitor: MemoryMonitor) -> list[Change]:
+    """Register a callback that records (old, new); ``unrecord`` removes it."""
+    changes: list[Change] = []
+
+    def record(old: Level, new: Level, _stats: MemoryStats) -> None:
+        changes.append((old, new))
+
+    monitor.register_callback(record)
+    _recorders[id(changes)] = record
+    return changes
+
+
+_recorders: dict[int, Callable[[Level, Level, MemoryStats], None]] = {}
+
+
+def unrecord(monitor: MemoryMonitor, changes: list[Change]) -> None:
+    monitor.unregister_callback(_recorders.pop(id(changes)))
+
+
+def is_running(monitor: MemoryMonitor) -> bool:
+    return monitor.running
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# --- sampling, levels, callbacks ---------------------------------------------------------
+
+
+def test_stats_reflect_the_fake_machine(machine: FakeMachine) -> None:
+    machine.set_used_pct(75.0)
+    machine.set_tree_mb(42)
+    stats = MemoryMonitor(root=machine.root).get_current_stats()
+    assert stats.total_mb == pytest.approx(10_000, rel=1e-3)
+    assert stats.used_mb == pytest.approx(7_500, rel=1e-3)
+    assert stats.percent_used == pytest.approx(75.0, abs=0.1)
+    assert stats.tree_memory_mb == pytest.approx(42, abs=0.1)
+    assert stats.pressure_level is Level.MODERATE
+    assert stats.limit_source == "host:/proc/meminfo"
+    assert stats.to_dict()["pressure_level"] == "moderate"
+
+
+def test_callback_fires_exactly_once_per_level_change(machine: FakeMachine) -> None:
+    monitor = MemoryMonitor(root=machine.root)
+    changes = recorder(monitor)
+    for percent in (10, 10, 75, 75, 85, 85, 95, 95, 86, 60, 60):
+        machine.set_used_pct(percent)
+        monitor.get_current_stats()
+    # 86 % keeps CRITICAL (hysteresis: left only below 85 %), 60 % falls straight to LOW.
+    assert changes == [
+        (Level.LOW, Level.MODERATE),
+        (Level.MODERATE, Level.HIGH),
+        (Level.HIGH, Level.CRITICAL),
+        (Level.CRITICAL, Level.LOW),
+    ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.floats(min_value=0.0, max_value=99.0), min_size=1, max_size=25))
+def test_callbacks_match_level_changes_exactly(percents: list[float]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        machine = FakeMachine(Path(tmp) / "root")
+        monitor = MemoryMonitor(root=machine.root)
+        changes = recorder(monitor)
+        levels = [Level.LOW]
+        for percent in percents:
+            machine.set_used_pct(percent)
+            levels.append(monitor.get_current_stats().pressure_level)
+        monitor.close()
+    expected = [(a, b) for a, b in itertools.pairwise(levels) if a != b]
+    assert changes == expected
+
+
+def test_configured_budget_compares_our_tree_not_the_machine(machine: FakeMachine) -> None:
+    machine.set_used_pct(40.0)  # 4000 MiB used by others: far above the 100 MiB budget
+    machine.set_tree_mb(20)
+    monitor = MemoryMonitor(root=machine.root, memory_limit="100M")
+    changes = recorder(monitor)
+    first = monitor.get_current_stats()
+    assert first.pressure_level is Level.LOW
+    assert first.budget_mb == 100 and first.available_mb == pytest.approx(80, abs=0.1)
+    machine.set_tree_mb(85)
+    assert monitor.get_current_stats().pressure_level is Level.HIGH
+    assert current_budget_mb() != 100  # the private monitor does not leak into the global one
+    assert changes == [(Level.LOW, Level.HIGH)]
+
+
+def test_failing_callback_is_logged_and_others_still_run(
+    machine: FakeMachine, caplog: pytest.LogCaptureFixture
+) -> None:
+    monitor = MemoryMonitor(root=machine.root)
+
+    def broken(old: Level, new: Level, stats: MemoryStats) -> None:
+        raise RuntimeError("callback bug")
+
+    monitor.register_callback(broken)
+    changes = recorder(monitor)
+    machine.set_used_pct(95.0)
+    with caplog.at_level(logging.ERROR, logger="montage.memory"):
+        monitor.get_current_stats()
+    assert changes == [(Level.LOW, Level.CRITICAL)]
+    assert any("callback bug" in (r.exc_text or "") for r in caplog.records)
+    monitor.unregister_callback(broken)
+    machine.set_used_pct(10.0)
+    monitor.get_current_stats()
+    assert len(changes) == 2
+
+
+def test_history_is_a_bounded_ring(machine: FakeMachine) -> None:
+    monitor = MemoryMonitor(root=machine.root, history_size=5)
+    samples = [monitor.get_current_stats() for _ in range(12)]
+    assert monitor.history() == samples[-5:]
+
+
+def test_sampler_start_stop_idempotent_and_drives_callbacks(machine: FakeMachine) -> None:
+    monitor = MemoryMonitor(root=machine.root, interval_s=0.02)
+    changes = recorder(monitor)
+    monitor.start()
+    monitor.start()
+    try:
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("montage-memory") == 1 and is_running(monitor)
+        assert wait_for(lambda: len(monitor.history()) >= 3)
+        machine.set_used_pct(95.0)
+        assert wait_for(lambda: changes == [(Level.LOW, Level.CRITICAL)])
+    finally:
+        monitor.stop()
+        monitor.stop()
+    assert not is_running(monitor)
+    assert "montage-memory" not in [t.name for t in threading.enumerate()]
+    count = len(monitor.history())
+    time.sleep(0.1)
+    assert len(monitor.history()) == count
+
+
+def test_configure_rejects_bad_interval(machine: FakeMachine) -> None:
+    with pytest.raises(ConfigError):
+        MemoryMonitor(root=machine.root).configure(interval_s=0)
+
+
+def test_import_starts_nothing() -> None:
+    code = (
+        "import sys, threading\n"
+        "import montage.memory.monitor, montage.memory.budget\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "assert not {'numpy', 'av'} & set(sys.modules)\n"
+        "assert montage.memory.monitor._monitor is None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_singleton_is_shared_between_threads() -> None:
+    seen: list[MemoryMonitor] = []
+    threads = [threading.Thread(target=lambda: seen.append(get_memory_monitor())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(m) for m in seen}) == 1 and seen[0] is get_memory_monitor()
+
+
+# --- tracked processes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_tracked_process_reports_live_memory_then_drops_out(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    monitor = MemoryMonitor()
+    monitor.track_process(sleeper.pid, "ffmpeg_encode", is_ffmpeg=True)
+    [info] = monitor.get_ffmpeg_processes()
+    assert (info.pid, info.name, info.is_ffmpeg) == (sleeper.pid, "ffmpeg_encode", True)
+    assert info.memory_mb > 1 and info.peak_memory_mb >= info.memory_mb
+    sleeper.kill()
+    sleeper.wait()
+    assert monitor.get_tracked_processes() == []
+
+
+def test_zombie_is_not_reported_as_live(sleeper: subprocess.Popen[bytes]) -> None:
+    monitor = MemoryMonitor()
+    monitor.track_process(sleeper.pid, "child")
+    assert [p.pid for p in monitor.get_tracked_processes()] == [sleeper.pid]
+    sleeper.kill()  # not reaped yet: a zombie keeps its pid
+    assert wait_for(lambda: psutil.Process(sleeper.pid).status() == psutil.STATUS_ZOMBIE)
+    assert monitor.get_tracked_processes() == []
+
+
+def test_reused_pid_is_not_confused_with_the_tracked_process(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    """A record whose create_time differs from the live pid's is a dead process, not this one."""
+    monitor = MemoryMonitor()
+    real_start = psutil.Process(sleeper.pid).create_time()
+    stale = _Tracked(sleeper.pid, real_start - 1000.0, "old ffmpeg", True, time.time())
+    monitor._track(stale)
+    assert monitor.get_tracked_processes() == []
+    assert monitor.get_ffmpeg_processes() == []
+    monitor.track_process(os.getpid() + 10**7, "never existed")
+    assert monitor.get_tracked_processes() == []
+
+
+ALLOCATOR = """
+import os, subprocess, sys, time
+flags = sys.argv[1]
+if sys.argv[2] == "parent":
+    subprocess.run([sys.executable, __file__, flags, "child"], check=True)
+    sys.exit(0)
+def wait(name):
+    while not os.path.exists(os.path.join(flags, name)):
+        time.sleep(0.02)
+def mark(name):
+    open(os.path.join(flags, name), "w").close()
+block = bytearray(b"\\x01") * (300 * 1024 * 1024)  # written, so resident
+mark("allocated"); wait("release")
+del block
+mark("freed"); wait("exit")
+"""
+
+
+def test_real_300mb_allocation_in_a_grandchild_drives_levels(tmp_path: Path) -> None:
+    script = tmp_path / "allocator.py"
+    script.write_text(ALLOCATOR)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    monitor = MemoryMonitor(memory_limit="400M", interval_s=0.05)
+    changes = recorder(monitor)
+    monitor.start()
+    child = subprocess.Popen([sys.executable, str(script), str(flags), "parent"])
+    try:
+        monitor.track_process(child.pid, "allocator")
+        assert wait_for(lambda: (flags / "allocated").exists(), 30)
+        assert wait_for(lambda: monitor.level >= Level.HIGH)
+        [info] = monitor.get_tracked_processes()
+        assert info.memory_mb >= 290  # the grandchild's memory counts in the child's tree
+        assert monitor.history()[-1].tree_memory_mb >= 300
+        (flags / "release").touch()
+        assert wait_for(lambda: (flags / "freed").exists())
+        assert wait_for(lambda: monitor.level is Level.LOW)
+        (flags / "exit").touch()
+        assert child.wait(timeout=30) == 0
+        assert monitor.get_tracked_processes() == []
+    finally:
+        monitor.stop()
+        (flags / "release").touch()
+        (flags / "exit").touch()
+        child.kill()
+        child.wait()
+    assert any(new >= Level.HIGH for _, new in changes)
+    assert changes[-1][1] is Level.LOW
+    assert info.peak_memory_mb >= 290
+
+
+# --- memory_guard ------------------------------------------------------------------------
+
+
+def narrowest(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def test_guard_nests_and_restores_the_budget() -> None:
+    base = current_budget_mb()
+    with memory_guard(max_memory_mb=500) as outer:
+        assert current_budget_mb() == narrowest(base, 500) == outer.limit_mb
+        with memory_guard(max_memory_mb=800) as wider:
+            assert current_budget_mb() == narrowest(base, 500) == wider.limit_mb
+            with memory_guard(max_memory_mb=300):
+                assert current_budget_mb() == narrowest(base, 300)
+            assert current_budget_mb() == narrowest(base, 500)
+    assert current_budget_mb() == base
+
+
+def test_guard_budget_is_per_thread() -> None:
+    base = current_budget_mb()
+    barrier = threading.Barrier(2, timeout=10)
+    seen: dict[str, float | None] = {}
+
+    def other_thread() -> None:
+        seen["plain"] = current_budget_mb()
+        with memory_guard(max_memory_mb=300):
+            barrier.wait()  # both threads are inside their own guard now
+            seen["guarded"] = current_budget_mb()
+            barrier.wait()
+
+    with memory_guard(max_memory_mb=700):
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        barrier.wait()
+        assert current_budget_mb() == narrowest(base, 700)
+        barrier.wait()
+        thread.join()
+    assert seen == {"plain": base, "guarded": narrowest(base, 300)}
+
+
+def test_guard_budget_is_per_asyncio_task() -> None:
+    async def task(limit_mb: float) -> float | None:
+        with memory_guard(max_memory_mb=limit_mb):
+            await asyncio.sleep(0.05)  # the other task runs its guard meanwhile
+            return current_budget_mb()
+
+    async def both() -> list[float | None]:
+        return list(await asyncio.gather(task(600), task(200)))
+
+    base = current_budget_mb()
+    assert asyncio.run(both()) == [narrowest(base, 600), narrowest(base, 200)]
+
+
+def test_guard_is_usable_as_the_monitor() -> None:
+    with memory_guard(max_memory_mb=100_000) as monitor:
+        stats = monitor.get_current_stats()
+        assert isinstance(stats, MemoryStats) and stats.tree_memory_mb > 1
+        assert callable(monitor.track_process)
+    assert monitor.peak_memory_mb >= stats.process_memory_mb * 0.5
+    assert not monitor.exceeded
+
+
+def test_guard_raise_fires_callbacks_once_then_raises() -> None:
+    monitor = get_memory_monitor()
+    changes = recorder(monitor)
+    try:
+        with pytest.raises(MemoryLimitExceeded) as caught, memory_guard(1.0, "raise") as guard:
+            time.sleep(0.35)  # several private sampler ticks, all above 1 MiB
+            guard.sample()
+    finally:
+        unrecord(monitor, changes)
+    assert guard.exceeded and caught.value.limit_mb == 1.0 and caught.value.peak_mb > 1.0
+    assert [new for _, new in changes] == [Level.CRITICAL]
+
+
+def test_guard_warn_logs_and_ignore_only_records(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = get_memory_monitor()
+    changes = recorder(monitor)
+    try:
+        with caplog.at_level(logging.WARNING, logger="montage.memory"):
+            with memory_guard(1.0) as warned:
+                pass
+            assert warned.exceeded and "exceeds the block's limit" in caplog.text
+            caplog.clear()
+            with memory_guard(1.0, on_exceed="ignore") as ignored:
+                pass
+            assert ignored.exceeded and caplog.text == ""
+    finally:
+        unrecord(monitor, changes)
+    assert [new for _, new in changes] == [Level.CRITICAL]  # from "warn" only
+
+
+@pytest.mark.parametrize("global_running", [False, True])
+def test_guard_catches_a_transient_peak_between_entry_and_exit(global_running: bool) -> None:
+    """A child that allocates and exits inside the block is only seen by the sampler ticks."""
+    monitor = get_memory_monitor()
+    was_running = monitor.running
+    if global_running:
+        monitor.start()
+    code = "import time; b = bytearray(b'1') * (200 * 1024 * 1024); time.sleep(0.6)"
+    try:
+        with memory_guard() as guard:
+            entry_mb = guard.peak_memory_mb
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    finally:
+        if global_running and not was_running:
+            monitor.stop()
+    assert guard.peak_memory_mb >= entry_mb + 150
+
+
+def test_guard_rejects_bad_arguments() -> None:
+    with pytest.raises(ConfigError), memory_guard(on_exceed="explode"):
+        pass
+    with pytest.raises(ConfigError), memory_guard(max_memory_mb=0):
+        pass
