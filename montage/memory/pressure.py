@@ -31,7 +31,8 @@ class MemoryPressureLevel(str, Enum):
     """How close we are to the ceiling; ``.value`` is what the spec prints.
 
     It is a ``str`` enum (so ``level == "high"`` and JSON work), but ordering compares the
-    severity rank, not the strings ("critical" < "high" alphabetically, which would be wrong).
+    severity rank, not the strings ("critical" < "high" alphabetically, which would be wrong);
+    ``level >= "high"`` works too, ordering against any other string raises ``TypeError``.
     """
 
     LOW = "low"
@@ -50,30 +51,36 @@ class MemoryPressureLevel(str, Enum):
         return _LEVELS_BY_RANK[max(0, min(rank, len(_LEVELS_BY_RANK) - 1))]
 
     def __lt__(self, other: str) -> bool:
-        if isinstance(other, MemoryPressureLevel):
-            return self.rank < other.rank
-        return NotImplemented
+        return self.rank < _rank_of(other)
 
     def __le__(self, other: str) -> bool:
-        if isinstance(other, MemoryPressureLevel):
-            return self.rank <= other.rank
-        return NotImplemented
+        return self.rank <= _rank_of(other)
 
     def __gt__(self, other: str) -> bool:
-        if isinstance(other, MemoryPressureLevel):
-            return self.rank > other.rank
-        return NotImplemented
+        return self.rank > _rank_of(other)
 
     def __ge__(self, other: str) -> bool:
-        if isinstance(other, MemoryPressureLevel):
-            return self.rank >= other.rank
-        return NotImplemented
+        return self.rank >= _rank_of(other)
 
     def __str__(self) -> str:
         return self.value
 
 
 _RANKS = {"low": 0, "moderate": 1, "high": 2, "critical": 3}
+
+
+def _rank_of(other: object) -> int:
+    """Rank of a level or of its string value ("high"); anything else cannot be ordered.
+
+    Raising (rather than NotImplemented) matters: Python would otherwise fall back to plain
+    string comparison, where "critical" < "high".
+    """
+    rank = _RANKS.get(other) if isinstance(other, str) else None
+    if rank is None:
+        raise TypeError(f"cannot order a MemoryPressureLevel against {other!r}")
+    return rank
+
+
 _LEVELS_BY_RANK = (
     MemoryPressureLevel.LOW,
     MemoryPressureLevel.MODERATE,
