@@ -263,7 +263,8 @@ def _check_tail(path: Path, container: InputContainer, duration_s: float) -> Non
     """
     import av
 
-    if not container.streams or duration_s <= 0 or container.format.name == "mpegts":
+    names = set(container.format.name.split(","))
+    if not container.streams or duration_s <= 0 or names & (PLAYLIST_FORMATS | {"mpegts"}):
         return
     stream = container.streams.video[0] if container.streams.video else container.streams[0]
     if not stream.time_base:
@@ -273,6 +274,9 @@ def _check_tail(path: Path, container: InputContainer, duration_s: float) -> Non
     end_s = -math.inf
     try:
         container.seek(int(target_s / stream.time_base), stream=stream, backward=True)
+    except (av.error.FFmpegError, OSError):
+        return  # not seekable (a trusted playlist, a pipe-like format): cannot check cheaply
+    try:
         for packet in container.demux(stream):
             if packet.pts is not None:
                 end_s = max(end_s, float((packet.pts + (packet.duration or 0)) * stream.time_base))
