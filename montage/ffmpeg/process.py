@@ -99,6 +99,7 @@ class FFmpegProcess:
         self._on_progress = on_progress
         self._progress_stream = progress_stream
         self._tail = bytearray()
+        self.stderr_bytes = 0  # everything ffmpeg wrote to stderr, of which we keep the tail
         self._tail_lock = threading.Lock()
         self._finished = threading.Event()
         self._error_delivered = False
@@ -250,6 +251,7 @@ class FFmpegProcess:
         with contextlib.suppress(OSError, ValueError):
             while chunk := os.read(fd, 65536):
                 with self._tail_lock:
+                    self.stderr_bytes += len(chunk)
                     self._tail.extend(chunk)
                     if len(self._tail) > STDERR_TAIL_BYTES:
                         del self._tail[: len(self._tail) - STDERR_TAIL_BYTES]
