@@ -122,6 +122,9 @@ class FFmpegCommand:
                 continue
             if is_flag(token):
                 group, i = [token], i + 1
+            elif i + 1 >= len(tokens):  # a value option with no value: keep it last
+                pending, i = [*pending, token], i + 1
+                continue
             else:
                 group, i = tokens[i : i + 2], i + 2
             if token == "-i":
