@@ -1,0 +1,236 @@
+"""Turn snapped segments into the list of ffmpeg jobs of one edit (copy/accurate/smart/xfade).
+
+Every builder returns the whole plan before anything runs, so progress knows the total work
+and nothing is half-decided when a job fails. Pieces are joined by one concat-demuxer run; no
+job ever holds more than two segments, so memory does not grow with the segment count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from montage.video.cutting import FrameRange, copy_outpoint_s, plan_smart, snap_to_keyframe
+from montage.video.pieces import (
+    EncodeSettings,
+    Target,
+    audio_piece_cmd,
+    concat_list_text,
+    copy_mode_cmd,
+    copy_piece_cmd,
+    join_cmd,
+    video_piece_cmd,
+    xfade_cmd,
+)
+from montage.video.runner import Job, WorkDir
+
+ENCODE_WEIGHT = 1.0
+COPY_WEIGHT = 0.02
+AUDIO_WEIGHT = 0.05
+
+
+@dataclass
+class Assembly:
+    """The jobs of one edit and what their output must look like."""
+
+    jobs: list[Job] = field(default_factory=list)
+    spans_s: list[tuple[float, float]] = field(default_factory=list)  # per segment, source time
+    expected_frames: int | None = 0
+    expected_duration_s: float = 0.0
+    seams_s: list[float] = field(default_factory=list)  # output times where pieces meet
+
+
+def out_frames(rng: FrameRange, target: Target) -> int:
+    """Frames ``rng`` becomes in the output (its own count unless the rate is converted)."""
+    if rng.source.fmt.fps == target.fps:
+        return rng.frames
+    return max(1, round(rng.duration_s * float(target.fps)))
+
+
+def build_copy(ffmpeg: str, work: WorkDir, ranges: list[FrameRange], out: Path) -> Assembly:
+    """Copy mode: one process reads every range straight from the sources (flat memory)."""
+    plan = Assembly(expected_frames=None)
+    entries: list[tuple[str, dict[str, float]]] = []
+    for rng in ranges:
+        snapped = snap_to_keyframe(rng)
+        src = snapped.source
+        directives = {"inpoint": snapped.start_s + src.start_offset_s}
+        outpoint = copy_outpoint_s(snapped)
+        if outpoint is not None:
+            directives["outpoint"] = outpoint
+        entries.append((work.link(src.path), directives))
+        plan.spans_s.append((snapped.start_s, snapped.end_s))
+        plan.expected_duration_s += snapped.duration_s
+    listing = work.write_list("copy", concat_list_text(entries))
+    has_audio = ranges[0].source.fmt.has_audio
+    cmd = copy_mode_cmd(ffmpeg, listing, out, audio=has_audio)
+    plan.jobs.append(Job(cmd, "copy-join", COPY_WEIGHT, plan.expected_duration_s))
+    return plan
+
+
+class _Pieces:
+    """Collects video and audio pieces in output order with their concat durations."""
+
+    def __init__(self, ffmpeg: str, work: WorkDir, target: Target) -> None:
+        self.ffmpeg, self.work, self.target = ffmpeg, work, target
+        self.video: list[tuple[str, dict[str, float]]] = []
+        self.audio: list[tuple[str, dict[str, float]]] = []
+        self.jobs: list[Job] = []
+        self.frames = 0
+        self.out_s = 0.0
+
+    def encode(self, src_rng: FrameRange, start_s: float, frames: int, enc: EncodeSettings) -> None:
+        path = self.work.name("v", ".ts")
+        cmd = video_piece_cmd(self.ffmpeg, src_rng.source, start_s, frames, self.target, enc, path)
+        seconds = self.target.seconds(frames)
+        self.jobs.append(Job(cmd, f"encode-{path.stem}", ENCODE_WEIGHT * seconds, seconds))
+        self._add_video(path, frames, seconds)
+
+    def copy(self, rng: FrameRange) -> None:
+        src = rng.source
+        directives = {"inpoint": rng.start_s + src.start_offset_s}
+        outpoint = copy_outpoint_s(rng)
+        if outpoint is not None:
+            directives["outpoint"] = outpoint
+        listing = self.work.write_list(
+            "c", concat_list_text([(self.work.link(src.path), directives)])
+        )
+        path = self.work.name("v", ".ts")
+        cmd = copy_piece_cmd(self.ffmpeg, listing, path)
+        self.jobs.append(
+            Job(cmd, f"copy-{path.stem}", COPY_WEIGHT * rng.duration_s, rng.duration_s)
+        )
+        self._add_video(path, rng.frames, rng.duration_s)
+
+    def _add_video(self, path: Path, frames: int, seconds: float) -> None:
+        self.video.append((path.name, {"duration": seconds}))
+        self.frames += frames
+        self.out_s += seconds
+
+    def sound(self, rng: FrameRange | None, start_s: float, seconds: float) -> None:
+        if not self.target.has_audio:
+            return
+        path = self.work.name("a", ".wav")
+        src = rng.source if rng is not None else None
+        cmd = audio_piece_cmd(self.ffmpeg, src, start_s, seconds, self.target, path)
+        self.jobs.append(Job(cmd, f"audio-{path.stem}", AUDIO_WEIGHT * seconds, seconds))
+        self.audio.append((path.name, {"duration": seconds}))
+
+    def join(self, out: Path, audio_bit_rate: int | None, timescale: int | None) -> Job:
+        vlist = self.work.write_list("video", concat_list_text(self.video))
+        alist = self.work.write_list("audio", concat_list_text(self.audio)) if self.audio else None
+        cmd = join_cmd(
+            self.ffmpeg, vlist, alist, out, audio_bit_rate=audio_bit_rate, timescale=timescale
+        )
+        return Job(cmd, "join", COPY_WEIGHT * self.out_s + AUDIO_WEIGHT * self.out_s, self.out_s)
+
+
+def build_pieces(
+    ffmpeg: str,
+    work: WorkDir,
+    ranges: list[FrameRange],
+    target: Target,
+    enc: EncodeSettings,
+    out: Path,
+    *,
+    smart_enc: EncodeSettings | None = None,
+    audio_bit_rate: int | None = None,
+    timescale: int | None = None,
+) -> Assembly:
+    """Accurate mode (``smart_enc`` None): each segment re-encoded whole. Smart mode: only the
+    partial GOPs at each end re-encoded with ``smart_enc``, the GOPs between stream-copied."""
+    pieces = _Pieces(ffmpeg, work, target)
+    plan = Assembly()
+    for rng in ranges:
+        seg_start_out = pieces.out_s
+        frames_before = pieces.frames
+        if smart_enc is None:
+            pieces.encode(rng, rng.start_s, out_frames(rng, target), enc)
+        else:
+            smart = plan_smart(rng)
+            for part in (smart.head, smart.middle, smart.tail):
+                if part is None:
+                    continue
+                if part is smart.middle:
+                    pieces.copy(part)
+                else:
+                    pieces.encode(part, part.start_s, part.frames, smart_enc)
+                plan.seams_s.append(pieces.out_s)
+        seg_s = target.seconds(pieces.frames - frames_before)
+        pieces.sound(rng, rng.start_s, seg_s)
+        plan.spans_s.append((rng.start_s, rng.end_s))
+        plan.seams_s.append(seg_start_out)
+    plan.jobs = [*pieces.jobs, pieces.join(out, audio_bit_rate, timescale)]
+    plan.expected_frames = pieces.frames
+    plan.expected_duration_s = pieces.out_s
+    return plan
+
+
+def build_transitions(
+    ffmpeg: str,
+    work: WorkDir,
+    ranges: list[FrameRange],
+    target: Target,
+    enc: EncodeSettings,
+    fade_frames: int,
+    out: Path,
+    *,
+    audio_bit_rate: int | None = None,
+    timescale: int | None = None,
+) -> Assembly:
+    """Crossfades: each segment's body re-encoded on its own, and each boundary's fade made
+    by its own two-input job (the tail of A with the head of B); then one concat join."""
+    fade_s = target.seconds(fade_frames)
+    pieces = _Pieces(ffmpeg, work, target)
+    plan = Assembly()
+    last = len(ranges) - 1
+    for i, rng in enumerate(ranges):
+        frames = out_frames(rng, target)
+        cut_head = fade_frames if i > 0 else 0
+        cut_tail = fade_frames if i < last else 0
+        if frames < cut_head + cut_tail:
+            raise ValueError(
+                f"segment {i} ({rng.duration_s:.3f} s) is shorter than its "
+                f"{(cut_head + cut_tail) / float(target.fps):.3f} s of crossfades; "
+                f"use a shorter transition_duration"
+            )
+        body = frames - cut_head - cut_tail
+        start_s = rng.start_s + target.seconds(cut_head)
+        if body > 0:
+            pieces.encode(rng, start_s, body, enc)
+            pieces.sound(rng, start_s, target.seconds(body))
+        if i < last:
+            _crossfade(pieces, rng, ranges[i + 1], fade_frames, fade_s, enc)
+            plan.seams_s.append(pieces.out_s)
+        plan.spans_s.append((rng.start_s, rng.end_s))
+    plan.jobs = [*pieces.jobs, pieces.join(out, audio_bit_rate, timescale)]
+    plan.expected_frames = pieces.frames
+    plan.expected_duration_s = pieces.out_s
+    return plan
+
+
+def _crossfade(
+    pieces: _Pieces,
+    a: FrameRange,
+    b: FrameRange,
+    fade_frames: int,
+    fade_s: float,
+    enc: EncodeSettings,
+) -> None:
+    video = pieces.work.name("x", ".ts")
+    audio = pieces.work.name("x", ".wav") if pieces.target.has_audio else None
+    tail_start_s = a.end_s - fade_s
+    cmd = xfade_cmd(
+        pieces.ffmpeg,
+        (a.source, tail_start_s),
+        (b.source, b.start_s),
+        fade_frames,
+        pieces.target,
+        enc,
+        video,
+        audio,
+    )
+    pieces.jobs.append(Job(cmd, f"xfade-{video.stem}", ENCODE_WEIGHT * 2 * fade_s, fade_s))
+    pieces._add_video(video, fade_frames, fade_s)
+    if audio is not None:
+        pieces.audio.append((audio.name, {"duration": fade_s}))

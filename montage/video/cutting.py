@@ -1,0 +1,273 @@
+"""Where each cut can go: a frame/keyframe index of a source and the plans built on it.
+
+The editor never guesses timestamps: every cut is snapped to real frame times read from the
+source's packets (PyAV demux, no decode: well under a second for a 10-minute 1080p file, and
+a few hundred KB of floats). Ranges are half-open frame-index intervals ``[first, end)``, so a
+segment's frame count is ``end - first`` and the sum over pieces is exact by construction.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from array import array
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from montage.video.segments import VideoSegment
+
+# User times are decimal seconds; frame times are rationals turned into floats. A frame this
+# close before a requested time counts as "at" it.
+TIME_EPSILON_S = 1e-4
+SMART_CODECS = frozenset({"h264", "hevc"})
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """What two sources must share for their packets to be joined without re-encoding."""
+
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str | None
+    profile: str | None
+    level: int | None
+    fps: Fraction
+    has_b_frames: bool
+    has_audio: bool
+    sample_rate: int | None
+    channels: int | None
+    audio_bit_rate: int | None
+    time_base: Fraction
+
+    def copy_compatible(self, other: SourceFormat) -> bool:
+        """True when packets of both can share one output stream (same decoder setup)."""
+        keys = ("codec", "width", "height", "pix_fmt", "profile", "has_audio", "sample_rate")
+        return all(getattr(self, k) == getattr(other, k) for k in keys) and (
+            self.channels == other.channels
+        )
+
+    def same_picture(self, other: SourceFormat) -> bool:
+        """True when no scale/pad/fps/format conversion is needed to match ``other``."""
+        return (self.width, self.height, self.pix_fmt, self.fps) == (
+            other.width,
+            other.height,
+            other.pix_fmt,
+            other.fps,
+        )
+
+
+@dataclass(frozen=True)
+class SourceIndex:
+    """Frame and keyframe times of one source, relative to its start (as ``-ss`` counts)."""
+
+    path: Path
+    fmt: SourceFormat
+    start_offset_s: float  # raw timestamp of time 0 (what concat ``inpoint`` compares with)
+    end_s: float  # end of the last frame
+    frame_times_s: array[float]
+    keyframe_indices: tuple[int, ...]
+    keyframe_dts_s: tuple[float, ...]  # decode time of each keyframe packet (relative)
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.frame_times_s)
+
+    @property
+    def frame_period_s(self) -> float:
+        return 1.0 / float(self.fmt.fps)
+
+    def time_of(self, index: int) -> float:
+        """Presentation time of frame ``index``; ``frame_count`` means the end of the media."""
+        return self.end_s if index >= self.frame_count else self.frame_times_s[index]
+
+    def first_frame_at_or_after(self, time_s: float) -> int:
+        return bisect.bisect_left(self.frame_times_s, time_s - TIME_EPSILON_S)
+
+    def is_keyframe(self, index: int) -> bool:
+        pos = bisect.bisect_left(self.keyframe_indices, index)
+        return pos < len(self.keyframe_indices) and self.keyframe_indices[pos] == index
+
+    def keyframe_at_or_before(self, index: int) -> int:
+        pos = bisect.bisect_right(self.keyframe_indices, index) - 1
+        return self.keyframe_indices[max(pos, 0)]
+
+    def keyframe_at_or_after(self, index: int) -> int:
+        """The first keyframe index >= ``index``, or ``frame_count`` when there is none."""
+        pos = bisect.bisect_left(self.keyframe_indices, index)
+        return self.keyframe_indices[pos] if pos < len(self.keyframe_indices) else self.frame_count
+
+    def keyframe_dts(self, index: int) -> float:
+        return self.keyframe_dts_s[self.keyframe_indices.index(index)]
+
+
+def _fps(stream: object) -> Fraction:
+    for name in ("average_rate", "guessed_rate", "base_rate"):
+        rate = getattr(stream, name, None)
+        if rate:
+            return Fraction(rate)
+    return Fraction(25)
+
+
+def _format(container: object) -> SourceFormat:
+    video = container.streams.video[0]  # type: ignore[attr-defined]
+    cc = video.codec_context
+    audio = container.streams.audio[0] if container.streams.audio else None  # type: ignore[attr-defined]
+    level = getattr(cc, "level", None)
+    return SourceFormat(
+        codec=cc.name,
+        width=cc.width,
+        height=cc.height,
+        pix_fmt=cc.pix_fmt,
+        profile=cc.profile or None,
+        level=level if isinstance(level, int) and level > 0 else None,
+        fps=_fps(video),
+        has_b_frames=bool(cc.has_b_frames),
+        has_audio=audio is not None,
+        sample_rate=audio.codec_context.sample_rate if audio is not None else None,
+        channels=audio.codec_context.channels if audio is not None else None,
+        audio_bit_rate=(audio.bit_rate or None) if audio is not None else None,
+        time_base=Fraction(video.time_base),
+    )
+
+
+def build_index(path: str | Path) -> SourceIndex:
+    """Demux ``path``'s first video stream (packets only) into a ``SourceIndex``.
+
+    The caller validates the path first (``probe``), so errors here mean a damaged file.
+    """
+    import av
+
+    with av.open(str(path), options={"protocol_whitelist": "file"}) as container:
+        fmt = _format(container)
+        video = container.streams.video[0]
+        tb = video.time_base
+        start_raw = (container.start_time or 0) / 1_000_000
+        pts_list: list[float] = []
+        keyframes: list[tuple[float, float]] = []
+        last_duration = 0.0
+        for packet in container.demux(video):
+            if packet.pts is None or tb is None:
+                continue
+            pts_s = float(packet.pts * tb) - start_raw
+            pts_list.append(pts_s)
+            last_duration = float(packet.duration * tb) if packet.duration else 0.0
+            if packet.is_keyframe:
+                dts = packet.dts if packet.dts is not None else packet.pts
+                keyframes.append((pts_s, float(dts * tb) - start_raw))
+    pts_list.sort()
+    if not pts_list:
+        raise ValueError(f"{path} has no video frames")
+    frames = array("d", pts_list)
+    end_s = frames[-1] + (last_duration or 1.0 / float(fmt.fps))
+    kf_idx = tuple(bisect.bisect_left(frames, t - TIME_EPSILON_S) for t, _ in sorted(keyframes))
+    kf_dts = tuple(d for _, d in sorted(keyframes))
+    return SourceIndex(Path(path), fmt, start_raw, end_s, frames, kf_idx, kf_dts)
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Frames ``[first, end)`` of one source."""
+
+    source: SourceIndex
+    first: int
+    end: int
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.first
+
+    @property
+    def start_s(self) -> float:
+        return self.source.time_of(self.first)
+
+    @property
+    def end_s(self) -> float:
+        return self.source.time_of(self.end)
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+def snap(segment: VideoSegment, source: SourceIndex) -> FrameRange:
+    """The frames whose presentation time lies in ``[start, end)`` (frame-accurate cut)."""
+    first = source.first_frame_at_or_after(segment.start_time)
+    end = source.first_frame_at_or_after(segment.end_time)
+    if segment.end_time >= source.end_s - TIME_EPSILON_S:
+        end = source.frame_count
+    if end <= first:
+        raise ValueError(
+            f"segment [{segment.start_time:g}, {segment.end_time:g}) of {segment.input_file} "
+            f"contains no frame (frames are {source.frame_period_s * 1000:.1f} ms apart)"
+        )
+    return FrameRange(source, first, end)
+
+
+def snap_to_keyframe(frames: FrameRange) -> FrameRange:
+    """Copy mode: the start moved back to the keyframe at or before it."""
+    return FrameRange(frames.source, frames.source.keyframe_at_or_before(frames.first), frames.end)
+
+
+def on_keyframe_grid(frames: FrameRange) -> bool:
+    """True when a stream copy cuts exactly here: start on a keyframe (within half a frame,
+    which snapping already guarantees) and end at the media end or on a keyframe."""
+    src = frames.source
+    return src.is_keyframe(frames.first) and (
+        frames.end >= src.frame_count or src.is_keyframe(frames.end)
+    )
+
+
+@dataclass(frozen=True)
+class SmartPlan:
+    """One segment cut smartly: re-encode ``head`` and ``tail``, stream-copy ``middle``."""
+
+    head: FrameRange | None
+    middle: FrameRange | None
+    tail: FrameRange | None
+
+
+def plan_smart(frames: FrameRange) -> SmartPlan:
+    """Split at the first keyframe at/after the start and the last keyframe at/before the end.
+
+    Copying stops at a keyframe (not at the requested end) because with B-frames the frames
+    just before the end may reference frames after it; re-encoding that short tail is exact.
+    """
+    src = frames.source
+    k_first = src.keyframe_at_or_after(frames.first)
+    k_last = frames.end if frames.end >= src.frame_count else src.keyframe_at_or_before(frames.end)
+    if k_first >= k_last:
+        return SmartPlan(frames, None, None)
+
+    def part(a: int, b: int) -> FrameRange | None:
+        return FrameRange(src, a, b) if b > a else None
+
+    return SmartPlan(part(frames.first, k_first), part(k_first, k_last), part(k_last, frames.end))
+
+
+def copy_outpoint_s(frames: FrameRange) -> float | None:
+    """Concat-demuxer ``outpoint`` (raw timestamps) that ends a stream copy at ``frames.end``.
+
+    The demuxer stops at the first packet whose *decode* time reaches the outpoint, so ending
+    on a keyframe uses that keyframe's dts (with B-frames it precedes its pts). None = to the end.
+    """
+    src = frames.source
+    if frames.end >= src.frame_count:
+        return None
+    if src.is_keyframe(frames.end):
+        return src.keyframe_dts(frames.end) + src.start_offset_s
+    return src.time_of(frames.end) + src.start_offset_s
+
+
+def can_smart_cut(sources: list[SourceIndex]) -> str | None:
+    """Why these sources cannot be smart-cut together, or None when they can."""
+    first = sources[0].fmt
+    if first.codec not in SMART_CODECS:
+        return f"codec {first.codec} is not h264/hevc"
+    for other in sources[1:]:
+        if not first.copy_compatible(other.fmt) or not math.isclose(
+            float(first.fps), float(other.fmt.fps)
+        ):
+            return f"{other.path} has a different format from {sources[0].path}"
+    return None

@@ -1,0 +1,372 @@
+"""``VideoEditor``: cut segments out of videos and join them, exactly and in flat memory.
+
+Modes: ``copy`` (stream copy, starts snapped back to keyframes: fastest, one process),
+``accurate`` (every segment re-encoded, frame-exact), ``smart`` (frame-exact, re-encoding
+only the partial GOPs at each cut and stream-copying the rest; verified by decoding, and
+falling back to accurate when it cannot be trusted), ``auto`` (copy when every cut already
+sits on a keyframe, else smart where possible, else accurate).
+
+Safety: inputs are validated before anything is written; the output goes to a temp name in
+its folder and is renamed into place only when complete; the input is never the output
+(compared by device and inode, so links count); every temp file goes on any exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from montage.errors import FFmpegError, OutputError
+from montage.video.assemble import Assembly, build_copy, build_pieces, build_transitions
+from montage.video.cutting import (
+    FrameRange,
+    SourceIndex,
+    build_index,
+    can_smart_cut,
+    on_keyframe_grid,
+    snap,
+)
+from montage.video.pieces import EncodeSettings, Target, base_args, file_url
+from montage.video.runner import Job, JobRunner, ProgressCallback, WorkDir
+from montage.video.segments import VideoSegment
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "copy", "accurate", "smart")
+# Outputs up to this long are verified by decoding them whole; longer ones around each seam.
+VERIFY_FULL_MAX_S = 120.0
+VERIFY_WINDOW_S = 3.0
+_X264_PROFILES = {
+    "baseline": "baseline",
+    "constrained baseline": "baseline",
+    "main": "main",
+    "high": "high",
+    "high 10": "high10",
+    "high 4:2:2": "high422",
+    "high 4:4:4 predictive": "high444",
+}
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Where one segment was actually cut (source seconds)."""
+
+    index: int
+    input_file: str
+    requested_start_s: float
+    requested_end_s: float
+    actual_start_s: float
+    actual_end_s: float
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """What an edit did: the mode used (and why), the cuts, the output, time and memory."""
+
+    output_file: str
+    mode: str
+    requested_mode: str
+    segments: tuple[SegmentResult, ...]
+    output_duration_s: float
+    expected_duration_s: float
+    expected_frames: int | None
+    peak_memory_mb: float  # the largest ffmpeg job's process-tree peak
+    parent_peak_rss_mb: float
+    elapsed_s: float
+    ffmpeg_runs: int
+    transitions: bool
+    fallback_reason: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class VideoEditor:
+    """Cuts and joins segments with every ffmpeg child budgeted, capped and cleaned up."""
+
+    def __init__(self, memory_limit_mb: float | None = None) -> None:
+        if memory_limit_mb is not None and not (
+            math.isfinite(memory_limit_mb) and memory_limit_mb > 0
+        ):
+            raise ValueError(f"memory_limit_mb must be a positive number, got {memory_limit_mb!r}")
+        self.memory_limit_mb = memory_limit_mb
+
+    def extract_and_concatenate_efficient(
+        self,
+        input_file: str | os.PathLike[str],
+        segments: Sequence[VideoSegment],
+        output_file: str | os.PathLike[str],
+        apply_transitions: bool = False,
+        mode: str = "auto",
+        transition_duration: float = 0.5,
+        progress: ProgressCallback | None = None,
+        overwrite: bool = True,
+        strict: bool = False,
+    ) -> EditReport:
+        """Write ``segments`` (in order) to ``output_file``; see the module doc for modes.
+
+        Segments past their media's end are clamped with a warning (refused when ``strict``).
+        Raises ValueError for bad arguments, ``InvalidMediaError`` subclasses for bad inputs,
+        ``OutputError`` for an unusable output path; no output file exists after an error.
+        """
+        started = time.monotonic()
+        _check_arguments(segments, mode, apply_transitions, transition_duration)
+        from montage.ffmpeg.probe import probe
+
+        probe(input_file, require_video=True)
+        paths = {s.path for s in segments}
+        for path in sorted(paths):
+            probe(path, require_video=True)
+        out = Path(os.fspath(output_file))
+        _check_output(out, [Path(os.fspath(input_file)), *paths], overwrite)
+        indexes = {p.resolve(): build_index(p) for p in paths}
+        ranges = [
+            snap(
+                s.clamp_to(indexes[s.path.resolve()].end_s, strict=strict),
+                indexes[s.path.resolve()],
+            )
+            for s in segments
+        ]
+        runner = JobRunner(self.memory_limit_mb, progress)
+        chosen, reason = _choose_mode(mode, ranges, apply_transitions)
+        plan, used, reason = self._produce(
+            ranges, out, chosen, reason, runner, transition_duration if apply_transitions else 0
+        )
+        from montage.ffmpeg.probe import probe as probe_output
+
+        results = tuple(
+            SegmentResult(i, str(s.input_file), s.start_time, s.end_time, a, b)
+            for i, (s, (a, b)) in enumerate(zip(segments, plan.spans_s))
+        )
+        runner.report(1.0, "done")
+        return EditReport(
+            output_file=str(out),
+            mode=used,
+            requested_mode=mode,
+            segments=results,
+            output_duration_s=probe_output(out).duration_s,
+            expected_duration_s=plan.expected_duration_s,
+            expected_frames=plan.expected_frames,
+            peak_memory_mb=runner.peak_memory_mb,
+            parent_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            elapsed_s=time.monotonic() - started,
+            ffmpeg_runs=runner.runs,
+            transitions=apply_transitions,
+            fallback_reason=reason,
+        )
+
+    def _produce(
+        self,
+        ranges: list[FrameRange],
+        out: Path,
+        mode: str,
+        reason: str | None,
+        runner: JobRunner,
+        fade_s: float,
+    ) -> tuple[Assembly, str, str | None]:
+        """Build and run the plan into a temp file beside ``out``, then rename it into place."""
+        from montage.resources import managed_temp_directory, register_cleanup, unregister_cleanup
+
+        temp = out.with_name(f".{out.stem}.montage-{secrets.token_hex(4)}{out.suffix}")
+        token = register_cleanup(temp)
+        try:
+            with managed_temp_directory(prefix="montage_edit_") as folder:
+                plan, used, reason = self._run_mode(
+                    WorkDir(folder), ranges, temp, mode, reason, runner, fade_s
+                )
+            os.replace(temp, out)
+        finally:
+            temp.unlink(missing_ok=True)
+            unregister_cleanup(token)
+        return plan, used, reason
+
+    def _run_mode(
+        self,
+        work: WorkDir,
+        ranges: list[FrameRange],
+        temp: Path,
+        mode: str,
+        reason: str | None,
+        runner: JobRunner,
+        fade_s: float,
+    ) -> tuple[Assembly, str, str | None]:
+        from montage.ffmpeg.binary import ffmpeg_path
+
+        ffmpeg = ffmpeg_path()
+        first = ranges[0].source
+        target = Target.from_format(first.fmt)
+        abr, ts = first.fmt.audio_bit_rate, _timescale(first)
+        if mode == "copy":
+            plan = build_copy(ffmpeg, work, ranges, temp)
+            runner.run_all(plan.jobs)
+            return plan, "copy", reason
+        enc = self._encode_settings(first)
+        if fade_s > 0:
+            fade_frames = max(1, round(fade_s * float(target.fps)))
+            plan = build_transitions(
+                ffmpeg,
+                work,
+                ranges,
+                target,
+                enc,
+                fade_frames,
+                temp,
+                audio_bit_rate=abr,
+                timescale=ts,
+            )
+            runner.run_all(plan.jobs)
+            return plan, "accurate", reason
+        if mode == "smart":
+            smart_enc = _smart_settings(first, enc)
+            plan = build_pieces(
+                ffmpeg,
+                work,
+                ranges,
+                target,
+                enc,
+                temp,
+                smart_enc=smart_enc,
+                audio_bit_rate=abr,
+                timescale=ts,
+            )
+            runner.run_all(plan.jobs, share=0.8)
+            why = _verify(ffmpeg, temp, plan, runner)
+            if why is None:
+                return plan, "smart", reason
+            log.warning(
+                "smart cut of %s failed verification (%s); re-encoding accurately", temp.name, why
+            )
+            reason = f"smart cut failed verification: {why}"
+        plan = build_pieces(
+            ffmpeg, work, ranges, target, enc, temp, audio_bit_rate=abr, timescale=ts
+        )
+        runner.run_all(plan.jobs)
+        return plan, "accurate", reason
+
+    def _encode_settings(self, source: SourceIndex) -> EncodeSettings:
+        """The adaptive profile's preset/threads/lookahead for re-encoding this source."""
+        from montage.adaptive import get_safe_processing_config
+        from montage.ffmpeg.profiles import profile_settings
+
+        config = get_safe_processing_config(source.path, memory_limit_mb=self.memory_limit_mb)
+        knobs = profile_settings(config.ffmpeg_profile)
+        return EncodeSettings(
+            preset=knobs.preset, threads=knobs.encoder_threads, rc_lookahead=knobs.rc_lookahead
+        )
+
+
+def _check_arguments(
+    segments: Sequence[VideoSegment], mode: str, transitions: bool, fade_s: float
+) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not segments:
+        raise ValueError("segments is empty: give at least one VideoSegment")
+    for i, seg in enumerate(segments):
+        if not isinstance(seg, VideoSegment):
+            raise ValueError(f"segments[{i}] is {seg!r}, not a VideoSegment")
+    if transitions:
+        if isinstance(fade_s, bool) or not isinstance(fade_s, (int, float)):
+            raise ValueError(f"transition_duration must be seconds, got {fade_s!r}")
+        if not (math.isfinite(fade_s) and fade_s > 0):
+            raise ValueError(f"transition_duration must be > 0 seconds, got {fade_s!r}")
+        if mode == "copy":
+            raise ValueError("transitions need re-encoding; use mode='accurate' or 'auto'")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:
+        return a.resolve() == b.resolve()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output that is an input, exists (unless ``overwrite``) or cannot be made."""
+    for source in inputs:
+        if _same_file(out, source):
+            raise OutputError(f"output {out} is the input {source}; choose another output path")
+    if not out.suffix:
+        raise OutputError(f"output {out} needs an extension (.mp4, .mkv, .mov) to pick a format")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out} exists; pass overwrite=True to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {parent} is not writable")
+
+
+def _choose_mode(mode: str, ranges: list[FrameRange], transitions: bool) -> tuple[str, str | None]:
+    """The mode to run and, when it differs from the request, why."""
+    sources = list({id(r.source): r.source for r in ranges}.values())
+    compatible = all(sources[0].fmt.copy_compatible(s.fmt) for s in sources[1:])
+    if mode == "copy" and not compatible:
+        raise ValueError("copy mode needs every source in the same format; use 'accurate'")
+    if transitions:
+        return "accurate", None if mode in ("accurate", "auto") else "transitions re-encode"
+    if mode in ("copy", "accurate"):
+        return mode, None
+    if mode == "auto" and compatible and all(on_keyframe_grid(r) for r in ranges):
+        return "copy", None
+    why = can_smart_cut(sources)
+    if why is not None:
+        log.info("smart cut not possible (%s); re-encoding accurately", why)
+        return "accurate", f"smart cut not possible: {why}"
+    return "smart", None
+
+
+def _timescale(source: SourceIndex) -> int | None:
+    tb = source.fmt.time_base
+    return tb.denominator if tb.numerator == 1 and tb.denominator <= 1_000_000 else None
+
+
+def _smart_settings(source: SourceIndex, enc: EncodeSettings) -> EncodeSettings:
+    """Encoder settings whose output can sit between the source's own GOPs."""
+    from dataclasses import replace
+
+    fmt = source.fmt
+    encoder = "libx265" if fmt.codec == "hevc" else "libx264"
+    profile = (fmt.profile or "").lower()
+    if encoder == "libx264":
+        level = f"{fmt.level // 10}.{fmt.level % 10}" if fmt.level else None
+        return replace(
+            enc, encoder=encoder, profile=_X264_PROFILES.get(profile), level=level, no_bframes=True
+        )
+    hevc_profile = profile.replace(" ", "") if profile in ("main", "main 10") else None
+    return replace(enc, encoder=encoder, profile=hevc_profile, no_bframes=True)
+
+
+def _verify(ffmpeg: str, out: Path, plan: Assembly, runner: JobRunner) -> str | None:
+    """Why the smart-cut output cannot be trusted (frame count, decode errors), or None."""
+    import av
+
+    with av.open(str(out)) as container:
+        frames = sum(1 for p in container.demux(video=0) if p.size > 0)
+    if plan.expected_frames is not None and frames != plan.expected_frames:
+        return f"{frames} frames instead of {plan.expected_frames}"
+    windows: list[tuple[float, float] | None] = [None]
+    if plan.expected_duration_s > VERIFY_FULL_MAX_S:
+        windows = [(max(0.0, t - 1.0), VERIFY_WINDOW_S) for t in sorted(set(plan.seams_s))]
+    for window in windows:
+        cmd = [*base_args(ffmpeg), "-xerror"]
+        if window is not None:
+            cmd += ["-ss", f"{window[0]:.3f}", "-t", f"{window[1]:.3f}"]
+        cmd += ["-i", file_url(out), "-map", "0:v:0", "-f", "null", "-"]
+        try:
+            tail = runner.run(Job(cmd, "verify", 0.0, 0.0))
+        except FFmpegError as exc:
+            return f"decoding failed: {exc}"
+        if tail.strip():
+            return f"decoder reported: {tail.strip().splitlines()[-1]}"
+    return None

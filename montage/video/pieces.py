@@ -1,0 +1,261 @@
+"""The ffmpeg command lines of the editor: one small job per piece, then one join.
+
+Every piece is cut by *frame count* (``-frames:v N``) after an input seek a quarter frame
+before its first frame: ffmpeg's own ``-ss``/``-t`` rounding at frame boundaries is not
+something to depend on, a count is. Video pieces are MPEG-TS (Annex B: every keyframe carries
+its SPS/PPS, so re-encoded and stream-copied pieces with different parameter sets join
+safely); audio pieces are PCM WAV, cut to the sample, so there is no AAC priming at each seam
+and audio is encoded once, in the join.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from montage.video.cutting import SourceFormat, SourceIndex
+
+SEEK_MARGIN_FRAMES = 0.25
+
+
+@dataclass(frozen=True)
+class Target:
+    """The output's picture and sound (the first segment's, per the spec)."""
+
+    width: int
+    height: int
+    fps: Fraction
+    pix_fmt: str
+    has_audio: bool
+    sample_rate: int
+    channels: int
+
+    @classmethod
+    def from_format(cls, fmt: SourceFormat) -> Target:
+        return cls(
+            width=fmt.width,
+            height=fmt.height,
+            fps=fmt.fps,
+            pix_fmt=fmt.pix_fmt or "yuv420p",
+            has_audio=fmt.has_audio,
+            sample_rate=fmt.sample_rate or 48000,
+            channels=fmt.channels or 2,
+        )
+
+    @property
+    def layout(self) -> str:
+        return {1: "mono", 2: "stereo"}.get(self.channels, f"{self.channels}c")
+
+    def seconds(self, frames: int) -> float:
+        return float(frames / self.fps)
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Video encoder options for re-encoded pieces (from the adaptive memory profile)."""
+
+    encoder: str = "libx264"
+    preset: str = "veryfast"
+    threads: int = 0
+    rc_lookahead: int = 10
+    crf: int = 18
+    profile: str | None = None
+    level: str | None = None
+    no_bframes: bool = False
+
+    def args(self, pix_fmt: str) -> list[str]:
+        out = ["-c:v", self.encoder, "-preset", self.preset, "-crf", str(self.crf)]
+        out += ["-pix_fmt", pix_fmt]
+        if self.threads > 0:
+            out += ["-threads", str(self.threads)]
+        if self.encoder == "libx264":
+            out += ["-x264-params", f"rc-lookahead={self.rc_lookahead}"]
+        if self.profile:
+            out += ["-profile:v", self.profile]
+        if self.level:
+            out += ["-level:v", self.level]
+        if self.no_bframes:
+            out += ["-bf", "0"]
+        return out
+
+
+def base_args(ffmpeg: str) -> list[str]:
+    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+
+
+def file_url(path: Path) -> str:
+    """An absolute ``file:`` URL, so a name starting with ``-`` is never read as an option."""
+    return "file:" + str(path.absolute())
+
+
+def seek_args(source: SourceIndex, start_s: float) -> list[str]:
+    """Input seek a quarter frame before ``start_s``: decodes from the keyframe before, drops
+    frames before the seek point, and the first frame kept is the one at ``start_s``."""
+    seek_s = max(0.0, start_s - SEEK_MARGIN_FRAMES * source.frame_period_s)
+    return ["-ss", f"{seek_s:.6f}"] if seek_s > 0 else []
+
+
+def normalise_filter(source: SourceFormat, target: Target, *, always: bool = False) -> str:
+    """Filters making ``source`` frames look like ``target`` (empty when they already do)."""
+    if not always and source.same_picture(_as_format(target, source)):
+        return ""
+    w, h = target.width, target.height
+    return (
+        f"scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:-1:-1,setsar=1,"
+        f"fps={target.fps},format={target.pix_fmt}"
+    )
+
+
+def _as_format(target: Target, like: SourceFormat) -> SourceFormat:
+    from dataclasses import replace
+
+    return replace(
+        like, width=target.width, height=target.height, pix_fmt=target.pix_fmt, fps=target.fps
+    )
+
+
+def video_piece_cmd(
+    ffmpeg: str,
+    source: SourceIndex,
+    start_s: float,
+    frames: int,
+    target: Target,
+    enc: EncodeSettings,
+    out: Path,
+) -> list[str]:
+    """Re-encode ``frames`` frames of ``source`` starting at ``start_s`` (video only)."""
+    cmd = base_args(ffmpeg) + seek_args(source, start_s) + ["-i", file_url(source.path)]
+    cmd += ["-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
+    vf = normalise_filter(source.fmt, target)
+    if vf:
+        cmd += ["-vf", vf]
+    return [*cmd, "-frames:v", str(frames), *enc.args(target.pix_fmt), "-f", "mpegts", str(out)]
+
+
+def _audio_chain(target: Target, duration_s: float) -> str:
+    return (
+        f"aresample={target.sample_rate},aformat=sample_rates={target.sample_rate}:"
+        f"channel_layouts={target.layout},apad,atrim=duration={duration_s:.6f}"
+    )
+
+
+def audio_piece_cmd(
+    ffmpeg: str,
+    source: SourceIndex | None,
+    start_s: float,
+    duration_s: float,
+    target: Target,
+    out: Path,
+) -> list[str]:
+    """PCM audio of ``source`` from ``start_s`` for exactly ``duration_s`` (padded with silence
+    if the source's audio is shorter); silence when ``source`` is None or has no audio."""
+    cmd = base_args(ffmpeg)
+    if source is None or not source.fmt.has_audio:
+        cmd += ["-f", "lavfi", "-i", f"anullsrc=r={target.sample_rate}:cl={target.layout}"]
+    else:
+        cmd += ["-ss", f"{start_s:.6f}"] if start_s > 0 else []
+        cmd += ["-i", file_url(source.path)]
+    cmd += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-af", _audio_chain(target, duration_s)]
+    return [*cmd, "-c:a", "pcm_s16le", "-f", "wav", str(out)]
+
+
+def copy_piece_cmd(ffmpeg: str, concat_list: Path, out: Path) -> list[str]:
+    """Stream-copy the video of the source range described by ``concat_list`` to TS."""
+    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list)]
+    return [*cmd, "-map", "0:v:0", "-c", "copy", "-f", "mpegts", str(out)]
+
+
+def copy_mode_cmd(ffmpeg: str, concat_list: Path, out: Path, *, audio: bool) -> list[str]:
+    """Copy mode: every segment straight from the source(s), one process, both streams."""
+    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list), "-map", "0:v:0"]
+    if audio:
+        cmd += ["-map", "0:a:0?"]
+    return [*cmd, "-c", "copy", "-avoid_negative_ts", "make_zero", str(out)]
+
+
+def join_cmd(
+    ffmpeg: str,
+    video_list: Path,
+    audio_list: Path | None,
+    out: Path,
+    *,
+    audio_bit_rate: int | None,
+    timescale: int | None,
+) -> list[str]:
+    """Join the pieces: video copied, the PCM audio encoded once to AAC."""
+    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(video_list)]
+    if audio_list is not None:
+        cmd += ["-f", "concat", "-i", file_url(audio_list)]
+    cmd += ["-map", "0:v:0", "-c:v", "copy"]
+    if audio_list is not None:
+        rate = max(64_000, min(audio_bit_rate or 192_000, 320_000))
+        cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", str(rate)]
+    if timescale and out.suffix.lower() in (".mp4", ".m4v", ".mov"):
+        cmd += ["-video_track_timescale", str(timescale)]
+    return [*cmd, str(out)]
+
+
+def xfade_cmd(
+    ffmpeg: str,
+    tail_of: tuple[SourceIndex, float],
+    head_of: tuple[SourceIndex, float],
+    frames: int,
+    target: Target,
+    enc: EncodeSettings,
+    out_video: Path,
+    out_audio: Path | None,
+) -> list[str]:
+    """One crossfade: the last ``frames`` of A blended into the first ``frames`` of B.
+
+    Two inputs only, whatever the number of segments: memory stays that of one small job.
+    """
+    (src_a, start_a), (src_b, start_b) = tail_of, head_of
+    fade_s = target.seconds(frames)
+    cmd = base_args(ffmpeg)
+    cmd += [*seek_args(src_a, start_a), "-i", file_url(src_a.path)]
+    cmd += [*seek_args(src_b, start_b), "-i", file_url(src_b.path)]
+    chain = f"{normalise_filter(src_a.fmt, target, always=True)},settb=AVTB"
+    graph = (
+        f"[0:v:0]{chain},trim=end_frame={frames},setpts=PTS-STARTPTS[va];"
+        f"[1:v:0]{chain},trim=end_frame={frames},setpts=PTS-STARTPTS[vb];"
+        f"[va][vb]xfade=transition=fade:duration={fade_s:.6f}:offset=0[v]"
+    )
+    if out_audio is not None:
+        graph += ";" + _acrossfade_graph(cmd, src_a, src_b, target, fade_s)
+    cmd += ["-filter_complex", graph, "-map", "[v]", "-frames:v", str(frames)]
+    cmd += ["-fps_mode", "passthrough", *enc.args(target.pix_fmt), "-f", "mpegts", str(out_video)]
+    if out_audio is not None:
+        cmd += ["-map", "[a]", "-c:a", "pcm_s16le", "-f", "wav", str(out_audio)]
+    return cmd
+
+
+def _acrossfade_graph(
+    cmd: list[str], src_a: SourceIndex, src_b: SourceIndex, target: Target, fade_s: float
+) -> str:
+    """Audio half of a crossfade; a silent input is added to ``cmd`` for a source without
+    audio."""
+    labels = []
+    for i, src in enumerate((src_a, src_b)):
+        if src.fmt.has_audio:
+            labels.append(f"[{i}:a:0]")
+        else:
+            if "[2:a]" not in labels:
+                cmd += ["-f", "lavfi", "-i", f"anullsrc=r={target.sample_rate}:cl={target.layout}"]
+            labels.append("[2:a]")
+    if labels[0] == labels[1] == "[2:a]":
+        return f"[2:a]{_audio_chain(target, fade_s)}[a]"
+    chain = _audio_chain(target, fade_s)
+    return (
+        f"{labels[0]}{chain}[aa];{labels[1]}{chain}[ab];"
+        f"[aa][ab]acrossfade=d={fade_s:.6f}:c1=tri:c2=tri[a]"
+    )
+
+
+def concat_list_text(entries: list[tuple[str, dict[str, float]]]) -> str:
+    """An ffconcat list. Names are our own safe relative names (no ``-safe 0`` needed)."""
+    lines = ["ffconcat version 1.0"]
+    for name, directives in entries:
+        lines.append(f"file {name}")
+        lines += [f"{key} {value:.6f}" for key, value in directives.items()]
+    return "\n".join(lines) + "\n"

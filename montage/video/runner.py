@@ -1,0 +1,113 @@
+"""Runs an edit's ffmpeg jobs one at a time, through ``run_ffmpeg``, with progress and peaks.
+
+One child at a time is the point: an edit's peak memory is that of its largest single job,
+whatever the number of segments. Each job is budgeted, capped and reaped by the ffmpeg layer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from montage.ffmpeg.process import FFmpegProgress
+
+ProgressCallback = Callable[[float, str], object]
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ffmpeg run: ``weight`` is its share of the whole edit's work (for progress)."""
+
+    cmd: list[str]
+    name: str
+    weight: float
+    media_s: float
+    video_path: Path | None = None
+
+
+@dataclass
+class JobRunner:
+    """Executes jobs in order and remembers what they cost."""
+
+    memory_limit_mb: float | None
+    progress: ProgressCallback | None
+    peak_memory_mb: float = 0.0
+    runs: int = 0
+    _done: float = 0.0
+    _total: float = 1.0
+    _reported: float = 0.0
+    stderr_tails: list[str] = field(default_factory=list)
+
+    def run_all(self, jobs: Sequence[Job], *, share: float = 1.0) -> None:
+        """Run ``jobs``; together they advance progress by ``share`` of the whole edit."""
+        total = sum(j.weight for j in jobs) or 1.0
+        for job in jobs:
+            self.run(job, scale=share / total)
+
+    def run(self, job: Job, *, scale: float = 1.0) -> str:
+        """Run one job (raising the ffmpeg layer's typed errors); returns its stderr tail."""
+        from montage.ffmpeg.process import run_ffmpeg
+
+        start = self._done
+        weight = job.weight * scale
+
+        def on_progress(p: FFmpegProgress) -> None:
+            if job.media_s > 0:
+                self.report(start + weight * min(1.0, p.out_time_s / job.media_s), job.name)
+
+        proc = run_ffmpeg(
+            job.cmd,
+            max_memory_mb=self.memory_limit_mb,
+            video_path=str(job.video_path) if job.video_path else None,
+            name=job.name,
+            on_progress=on_progress,
+        )
+        self.runs += 1
+        self.peak_memory_mb = max(self.peak_memory_mb, float(proc.peak_memory_mb))
+        self._done = start + weight
+        self.report(self._done, job.name)
+        return proc.stderr_tail
+
+    def report(self, fraction: float, message: str) -> None:
+        """Tell the caller; fractions never go backwards and stay within 0..1."""
+        value = min(1.0, max(self._reported, fraction))
+        self._reported = value
+        if self.progress is not None:
+            self.progress(value, message)
+
+
+class WorkDir:
+    """The edit's private temp folder: concat lists and safe-named links to the sources.
+
+    The concat demuxer's safe mode only accepts plain relative names, so each source gets a
+    link named ``src<N>.<ext>`` here instead of passing ``-safe 0`` with foreign paths.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._links: dict[Path, str] = {}
+        self._counter = 0
+
+    def link(self, source: Path) -> str:
+        key = source.resolve()
+        if key not in self._links:
+            suffix = source.suffix if _SAFE_SUFFIX.match(source.suffix) else ".media"
+            name = f"src{len(self._links)}{suffix}"
+            (self.path / name).symlink_to(key)
+            self._links[key] = name
+        return self._links[key]
+
+    def name(self, stem: str, suffix: str) -> Path:
+        """A fresh file path in the folder (``v0003.ts``)."""
+        self._counter += 1
+        return self.path / f"{stem}{self._counter:05d}{suffix}"
+
+    def write_list(self, stem: str, text: str) -> Path:
+        path = self.name(stem, ".ffconcat")
+        path.write_text(text, encoding="utf-8")
+        return path
