@@ -1,4 +1,4 @@
-"""The spec's import path for the editor: ``from src.providers.video_processor import VideoEditor``."""
+"""The spec's import path for the editor (``from src.providers.video_processor import ...``)."""
 
 from __future__ import annotations
 
