@@ -237,10 +237,13 @@ def test_singleton_is_shared_between_threads() -> None:
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = "import time; print('ready', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"  # fully started
     yield child
     child.kill()
     child.wait()
+    child.stdout.close()
 
 
 def test_tracked_process_reports_live_memory_then_drops_out(
