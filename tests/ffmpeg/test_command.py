@@ -148,7 +148,7 @@ def _assert_kept(user: list[str], built: list[str], profile: FFmpegMemoryProfile
             assert built[k].split(":")[:-1] == token.split(":")[:-1] or "rc-lookahead" in built[k]
 
 
-@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(commands, _PROFILES)
 def test_build_keeps_every_input_output_and_option(
     cmd: FFmpegCommand, profile: FFmpegMemoryProfile
@@ -162,6 +162,26 @@ def test_build_keeps_every_input_output_and_option(
         assert theirs.url in (mine.url, as_file_url(mine.url))
         _assert_kept(mine.options, theirs.options, profile)
     assert built.trailing_options == user.trailing_options
+
+
+REALISTIC = ["ffmpeg", "-y", "-ss", "1.5", "-t", "10", "-i", "in.mp4", "-i", "logo.png",
+             "-filter_complex", "[0:v][1:v]overlay=10:10[v]", "-map", "[v]", "-map", "0:a?",
+             "-c:v", "libx264", "-preset", "slower", "-crf", "20", "-b:v", "4M", "-g", "48",
+             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart",
+             "-metadata", "title=A -b:v", "out.mp4", "-map", "0:a", "-vn", "-c:a", "copy",
+             "audio.m4a"]  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", list(FFmpegMemoryProfile))
+def test_a_realistic_command_keeps_every_choice(profile: FFmpegMemoryProfile) -> None:
+    user = FFmpegCommand.parse(REALISTIC)
+    built = FFmpegCommand.parse(build_memory_safe_ffmpeg_command(REALISTIC, profile=profile))
+    assert "[0:v][1:v]overlay=10:10[v]" in built.global_options and "-y" in built.global_options
+    for mine, theirs in zip(user.inputs + user.outputs, built.inputs + built.outputs, strict=True):  # type: ignore[operator]
+        _assert_kept(mine.options, theirs.options, profile)
+    audio = built.outputs[1].options
+    assert audio[:5] == ["-map", "0:a", "-vn", "-c:a", "copy"]
+    assert "-preset" not in audio and "-x264-params" not in audio
 
 
 def _built(argv: list[str], profile: str = "minimal", **kw: object) -> FFmpegCommand:
