@@ -418,7 +418,7 @@ def keyframe_times(path: PathLike, *, trusted: bool = False) -> list[float]:
         try:
             for packet in container.demux(stream):
                 if packet.is_keyframe and packet.pts is not None and tb is not None:
-                    times.append(float(packet.pts * tb) - start_s)
+                    times.append(round(float(packet.pts * tb) - start_s, 6))
         except (av.error.FFmpegError, OSError) as exc:
             raise _corrupt(p, f"demuxing failed after {len(times)} keyframes: {exc}") from exc
     return sorted(times)
