@@ -187,6 +187,8 @@ def _resolve_dir(root: Path, mount: _Mount, cgroup_path: str) -> Path:
     fs_root = mount.fs_root.rstrip("/")
     if fs_root and (relative == fs_root or relative.startswith(fs_root + "/")):
         relative = relative[len(fs_root) :]
+    if ".." in relative.split("/"):
+        return mount_dir  # moved outside our cgroup namespace: never read above the mount
     candidate = mount_dir / relative.lstrip("/")
     if relative.strip("/") and not candidate.is_dir():
         return mount_dir

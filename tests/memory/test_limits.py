@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -444,3 +445,72 @@ def test_real_machine_cgroup_matches_proc_self_cgroup() -> None:
     assert info.mount == Path("/sys/fs/cgroup/memory")
     expected = Path("/sys/fs/cgroup/memory") / memory_lines[0].lstrip("/")
     assert info.path == (expected if expected.is_dir() else info.mount)
+
+
+def test_path_outside_the_namespace_never_escapes_the_mount(tmp_path: Path) -> None:
+    """cgroupns shows "/../sibling" for a process moved out of our namespace root."""
+    fake_host(tmp_path)
+    fake_v2(tmp_path, "/", {"/": {"memory.max": str(GIB)}})
+    write(tmp_path, "sys/memory.max", str(MIB))  # what "../.." would reach: must not be read
+    write(tmp_path, "proc/self/cgroup", "0::/../..\n")
+    info = find_cgroup(tmp_path)
+    assert info is not None and info.path == info.mount == tmp_path / "sys/fs/cgroup"
+    assert find_memory_limit(tmp_path, env=NO_ENV).limit_bytes == GIB
+
+
+limit_values = st.one_of(
+    st.none(),  # file absent
+    st.just("max"),
+    st.integers(min_value=MIB, max_value=64 * GIB).map(str),
+    st.integers(min_value=UNLIMITED_THRESHOLD_BYTES, max_value=2**63 - 1).map(str),
+)
+
+
+def _numeric(value: str | None) -> int | None:
+    if value is None or value == "max" or int(value) >= UNLIMITED_THRESHOLD_BYTES:
+        return None
+    return int(value)
+
+
+@given(
+    levels=st.lists(st.tuples(limit_values, limit_values, limit_values), min_size=1, max_size=4),
+    configured_mib=st.one_of(st.none(), st.integers(min_value=1, max_value=32 * 1024)),
+    version=st.sampled_from([1, 2]),
+)
+def test_ceiling_is_the_minimum_of_every_source(
+    levels: list[tuple[str | None, str | None, str | None]],
+    configured_mib: int | None,
+    version: int,
+) -> None:
+    """Random nesting depth, random limits at each level (incl. memory.low), optional budget."""
+    with tempfile.TemporaryDirectory() as temp:
+        root = Path(temp)
+        fake_host(root)
+        names = ["a", "b", "c", "d"][: len(levels) - 1]
+        cgroup_path = "/" + "/".join(names)
+        files: dict[str, dict[str, str]] = {}
+        expected: list[int] = [HOST_TOTAL_KIB * 1024]
+        for depth, (first, second, low) in enumerate(levels):
+            directory = "/" + "/".join(names[:depth])
+            contents: dict[str, str] = {}
+            keys = ("memory.max", "memory.high") if version == 2 else ("memory.limit_in_bytes",)
+            for key, value in zip(keys, (first, second)):
+                if value is not None:
+                    contents[key] = value
+                    expected += [v for v in [_numeric(value)] if v is not None]
+            if low is not None:
+                contents["memory.low" if version == 2 else "memory.soft_limit_in_bytes"] = low
+            files[directory] = contents
+        if version == 2:
+            fake_v2(root, cgroup_path, files)
+        else:
+            fake_v1(root, cgroup_path, files)
+            (root / "sys/fs/cgroup/memory" / cgroup_path.lstrip("/")).mkdir(
+                parents=True, exist_ok=True
+            )
+        if configured_mib is not None:
+            expected.append(configured_mib * MIB)
+        configured = f"{configured_mib}M" if configured_mib is not None else None
+        limit = find_memory_limit(root, configured=configured, env=NO_ENV)
+    assert limit.limit_bytes == min(expected)
+    assert limit.cgroup is not None and limit.cgroup.version == version
