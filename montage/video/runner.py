@@ -7,6 +7,7 @@ whatever the number of segments. Each job is budgeted, capped and reaped by the 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
     from montage.ffmpeg.process import FFmpegProgress
 
 ProgressCallback = Callable[[float, str], object]
+# Short jobs (most pieces) end within a few ms of the first poll; long ones are polled at
+# 10 Hz, the rate progress is worth reporting at.
+POLL_FIRST_S = 0.002
+POLL_MAX_S = 0.1
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
 
@@ -50,23 +55,33 @@ class JobRunner:
             self.run(job, scale=share / total)
 
     def run(self, job: Job, *, scale: float = 1.0) -> str:
-        """Run one job (raising the ffmpeg layer's typed errors); returns its stderr tail."""
-        from montage.ffmpeg.process import run_ffmpeg
+        """Run one job (raising the ffmpeg layer's typed errors); returns its stderr tail.
+
+        ffmpeg's progress arrives on a reader thread; the caller's callback is called from
+        *this* thread, so an exception it raises (Ctrl-C, a cancel) stops the job and
+        propagates like any other, with the child stopped and reaped by the ffmpeg layer.
+        """
+        from montage.ffmpeg.process import memory_safe_ffmpeg
 
         start = self._done
         weight = job.weight * scale
+        latest_s = [0.0]
 
         def on_progress(p: FFmpegProgress) -> None:
-            if job.media_s > 0:
-                self.report(start + weight * min(1.0, p.out_time_s / job.media_s), job.name)
+            latest_s[0] = p.out_time_s
 
-        proc = run_ffmpeg(
-            job.cmd,
-            max_memory_mb=self.memory_limit_mb,
-            video_path=str(job.video_path) if job.video_path else None,
-            name=job.name,
-            on_progress=on_progress,
-        )
+        video_path = str(job.video_path) if job.video_path else None
+        with memory_safe_ffmpeg(
+            job.cmd, self.memory_limit_mb, video_path, name=job.name, on_progress=on_progress
+        ) as proc:
+            pause_s = POLL_FIRST_S
+            while proc.poll() is None:
+                time.sleep(pause_s)
+                pause_s = min(POLL_MAX_S, pause_s * 2)
+                if job.media_s > 0:
+                    done = min(1.0, latest_s[0] / job.media_s)
+                    self.report(start + weight * done, job.name)
+            proc.wait()
         self.runs += 1
         self.peak_memory_mb = max(self.peak_memory_mb, float(proc.peak_memory_mb))
         self._done = start + weight

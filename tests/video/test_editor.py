@@ -1,0 +1,325 @@
+"""VideoEditor on real generated clips: durations, exact frames, the right frames, A/V sync,
+crossfades, flat memory in the segment count, mixed sources, and refusals that leave nothing."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from montage.errors import MediaNotFoundError, OutputError
+from montage.video.editor import EditReport, VideoEditor
+from montage.video.segments import SegmentClampedWarning, VideoSegment
+
+MakeClip = Callable[..., Path]
+AAC_FRAME_S = 1024 / 48000
+
+
+def grey_frames(path: Path) -> list[Any]:
+    """Every decoded video frame as a small grey int16 array (testsrc2 changes every frame)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        return [
+            f.to_ndarray(format="gray")[::4, ::4].astype(np.int16)
+            for f in container.decode(video=0)
+        ]
+
+
+def frame_times(path: Path) -> list[float]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [float(f.pts * f.time_base) for f in container.decode(video=0)]
+
+
+def av_durations(path: Path) -> tuple[float, float]:
+    """(video seconds = frames / rate, audio seconds = decoded samples / rate)."""
+    import av
+
+    with av.open(str(path)) as container:
+        rate = float(container.streams.video[0].average_rate)
+        frames = sum(1 for _ in container.decode(video=0))
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(f.samples for f in container.decode(audio=0))
+        audio_s = samples / stream.codec_context.sample_rate
+    return frames / rate, audio_s
+
+
+def best_match(frame: Any, source: list[Any]) -> int:
+    import numpy as np
+
+    return int(np.argmin([np.abs(frame - s).mean() for s in source]))
+
+
+def assert_segments_match_source(out: Path, src: Path, report: EditReport) -> None:
+    """First and last frame of each segment are the source's frames at those times."""
+    source, output = grey_frames(src), grey_frames(out)
+    times = frame_times(src)
+    period = times[1] - times[0]
+    assert len(output) == report.expected_frames
+    pos = 0
+    for seg in report.segments:
+        first = next(i for i, t in enumerate(times) if t >= seg.requested_start_s - 1e-4)
+        end = next((i for i, t in enumerate(times) if t >= seg.requested_end_s - 1e-4), len(times))
+        assert seg.actual_start_s == pytest.approx(times[first], abs=1e-6)
+        assert best_match(output[pos], source) == first, f"segment {seg.index} first frame"
+        last = pos + (end - first) - 1
+        assert best_match(output[last], source) == end - 1, f"segment {seg.index} last frame"
+        pos = last + 1
+    assert pos == len(output)
+    assert period > 0
+
+
+def no_leftovers(folder: Path) -> None:
+    assert [p.name for p in folder.iterdir() if ".montage-" in p.name] == []
+
+
+@pytest.fixture(scope="module")
+def editor() -> VideoEditor:
+    return VideoEditor()
+
+
+@pytest.fixture(scope="module")
+def src6(make_clip: MakeClip) -> Path:
+    """6 s, 25 fps, keyframe every second, no B-frames."""
+    return make_clip(duration=6)
+
+
+@pytest.fixture(scope="module")
+def src_bframes(make_clip: MakeClip) -> Path:
+    """6 s with B-frames (dts != pts), keyframe every second."""
+    return make_clip(duration=6, extra=("-bf", "2"))
+
+
+def three(src: Path) -> list[VideoSegment]:
+    return [VideoSegment(0.5, 1.5, src), VideoSegment(2.2, 3.52, src), VideoSegment(4.0, 6.0, src)]
+
+
+def test_copy_mode_snaps_starts_to_keyframes(
+    editor: VideoEditor, src6: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy.mp4"
+    report = editor.extract_and_concatenate_efficient(src6, three(src6), out, mode="copy")
+    assert report.mode == "copy" and report.ffmpeg_runs == 1
+    assert [s.actual_start_s for s in report.segments] == pytest.approx([0.0, 2.0, 4.0])
+    # [0, 1.52) + [2.0, 3.52) + [4, 6): ends snap to the next frame boundary
+    assert report.expected_duration_s == pytest.approx(1.52 + 1.52 + 2.0)
+    assert report.output_duration_s == pytest.approx(report.expected_duration_s, abs=0.05)
+    assert len(grey_frames(out)) == 126
+    no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["accurate", "smart"])
+def test_exact_frames_and_the_right_frames(
+    editor: VideoEditor, src6: Path, tmp_path: Path, mode: str
+) -> None:
+    out = tmp_path / f"{mode}.mp4"
+    report = editor.extract_and_concatenate_efficient(src6, three(src6), out, mode=mode)
+    assert report.mode == mode, report.fallback_reason
+    assert report.expected_frames == 25 + 33 + 50
+    assert report.output_duration_s == pytest.approx(108 / 25, abs=0.03)
+    assert_segments_match_source(out, src6, report)
+    video_s, audio_s = av_durations(out)
+    assert abs(video_s - audio_s) < AAC_FRAME_S
+    no_leftovers(tmp_path)
+
+
+def test_smart_cut_with_bframes_is_exact(
+    editor: VideoEditor, src_bframes: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "smart_b.mp4"
+    segments = [VideoSegment(0.36, 2.6, src_bframes), VideoSegment(3.1, 5.5, src_bframes)]
+    report = editor.extract_and_concatenate_efficient(src_bframes, segments, out, mode="auto")
+    assert report.mode == "smart", report.fallback_reason
+    assert report.expected_frames == 56 + 60
+    assert_segments_match_source(out, src_bframes, report)
+
+
+def test_auto_copies_when_cuts_are_on_keyframes(
+    editor: VideoEditor, src6: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "auto.mp4"
+    segments = [VideoSegment(1.0, 2.0, src6), VideoSegment(3.0, 6.0, src6)]
+    report = editor.extract_and_concatenate_efficient(src6, segments, out)
+    assert report.mode == "copy"
+    assert len(grey_frames(out)) == 25 + 75
+    assert report.segments[0].actual_start_s == pytest.approx(1.0)
+
+
+def test_auto_falls_back_to_accurate_for_other_codecs(
+    editor: VideoEditor, make_clip: MakeClip, tmp_path: Path
+) -> None:
+    src = make_clip(duration=3, vcodec="mpeg4", gop=25)
+    report = editor.extract_and_concatenate_efficient(
+        src, [VideoSegment(0.3, 1.3, src), VideoSegment(1.5, 2.9, src)], tmp_path / "o.mp4"
+    )
+    assert report.mode == "accurate"
+    assert report.fallback_reason is not None and "mpeg4" in report.fallback_reason
+    assert len(grey_frames(tmp_path / "o.mp4")) == 25 + 35
+
+
+def test_transitions_give_the_expected_duration(
+    editor: VideoEditor, src6: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "xfade.mp4"
+    fractions: list[float] = []
+    report = editor.extract_and_concatenate_efficient(
+        src6,
+        three(src6),
+        out,
+        apply_transitions=True,
+        transition_duration=0.4,
+        progress=lambda f, _m: fractions.append(f),
+    )
+    # 108 frames - 2 crossfades of 10 frames
+    assert report.expected_frames == 108 - 2 * 10
+    assert len(grey_frames(out)) == 88
+    assert report.output_duration_s == pytest.approx(4.32 - 2 * 0.4, abs=0.03)
+    video_s, audio_s = av_durations(out)
+    assert abs(video_s - audio_s) < AAC_FRAME_S
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 3
+
+
+def test_mixed_sources_are_normalised_to_the_first(
+    editor: VideoEditor, make_clip: MakeClip, tmp_path: Path
+) -> None:
+    import av
+
+    a = make_clip(duration=3)
+    b = make_clip(duration=3, size="160x120", rate=30, sample_rate=44100, tone=880)
+    out = tmp_path / "mixed.mp4"
+    segments = [VideoSegment(0.2, 1.2, a), VideoSegment(0.5, 2.0, b), VideoSegment(2.0, 3.0, a)]
+    report = editor.extract_and_concatenate_efficient(a, segments, out, mode="auto")
+    assert report.mode == "accurate"
+    assert report.expected_frames == 25 + round(1.5 * 25) + 25
+    assert report.output_duration_s == pytest.approx(report.expected_duration_s, abs=0.05)
+    with av.open(str(out)) as container:
+        v, s = container.streams.video[0], container.streams.audio[0]
+        assert (v.codec_context.width, v.codec_context.height) == (320, 240)
+        assert float(v.average_rate) == pytest.approx(25)
+        assert s.codec_context.sample_rate == 48000
+    assert len(grey_frames(out)) == report.expected_frames
+    video_s, audio_s = av_durations(out)
+    assert abs(video_s - audio_s) < AAC_FRAME_S
+
+
+@pytest.mark.slow
+def test_fifty_segments_peak_like_three(
+    editor: VideoEditor, make_clip: MakeClip, tmp_path: Path
+) -> None:
+    src = make_clip(duration=26)
+    # equal pieces, so only the count differs: 12 frames each, one every 0.5 s
+    many = [VideoSegment(i * 0.5 + 0.02, i * 0.5 + 0.5, src) for i in range(50)]
+    few = many[::20]
+    r3 = editor.extract_and_concatenate_efficient(src, few, tmp_path / "few.mp4", mode="accurate")
+    r50 = editor.extract_and_concatenate_efficient(
+        src, many, tmp_path / "many.mp4", mode="accurate"
+    )
+    assert r50.expected_frames == 50 * 12
+    assert len(grey_frames(tmp_path / "many.mp4")) == 600
+    assert r3.peak_memory_mb > 0
+    assert r50.peak_memory_mb == pytest.approx(r3.peak_memory_mb, rel=0.15)
+
+
+# --- refusals: clear errors, no output ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [((-1.0, 2.0), ">= 0"), ((3.0, 2.0), "after start_time"), ((float("nan"), 2.0), "finite")],
+)
+def test_bad_segments_are_refused_where_written(args: tuple[float, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        VideoSegment(args[0], args[1], "in.mp4")
+
+
+def test_refusals_leave_no_output(editor: VideoEditor, src6: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    run = editor.extract_and_concatenate_efficient
+    with pytest.raises(ValueError, match="empty"):
+        run(src6, [], out)
+    with pytest.raises(ValueError, match="past the end"):
+        run(src6, [VideoSegment(5.0, 9.0, src6)], out, strict=True)
+    with pytest.raises(ValueError, match="at or after the end"):
+        run(src6, [VideoSegment(7.0, 9.0, src6)], out)
+    missing = tmp_path / "nope.mp4"
+    with pytest.raises(MediaNotFoundError):
+        run(missing, [VideoSegment(0, 1, missing)], out)
+    with pytest.raises(ValueError, match="mode"):
+        run(src6, [VideoSegment(0, 1, src6)], out, mode="fast")
+    with pytest.raises(ValueError, match="transition_duration"):
+        run(src6, three(src6), out, apply_transitions=True, transition_duration=float("nan"))
+    with pytest.raises(ValueError, match="shorter than"):
+        run(src6, three(src6), out, apply_transitions=True, transition_duration=0.9)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_segments_past_the_end_are_clamped_with_a_warning(
+    editor: VideoEditor, src6: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "clamped.mp4"
+    with pytest.warns(SegmentClampedWarning):
+        report = editor.extract_and_concatenate_efficient(
+            src6, [VideoSegment(5.0, 9.0, src6)], out, mode="accurate"
+        )
+    assert report.segments[0].actual_end_s == pytest.approx(6.0)
+    assert len(grey_frames(out)) == 25
+
+
+def test_output_that_is_the_input_is_refused(
+    editor: VideoEditor, make_clip: MakeClip, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.mp4"
+    src.write_bytes(make_clip(duration=2).read_bytes())
+    before = src.read_bytes()
+    link, hard = tmp_path / "link.mp4", tmp_path / "hard.mp4"
+    link.symlink_to(src)
+    os.link(src, hard)
+    for target in (src, link, hard, tmp_path / "." / "in.mp4"):
+        with pytest.raises(OutputError, match="is the input"):
+            editor.extract_and_concatenate_efficient(src, [VideoSegment(0, 1, src)], target)
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.mp4", "in.mp4", "link.mp4"]
+
+
+def test_existing_output_is_kept_or_replaced_whole(
+    editor: VideoEditor, src6: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exists.mp4"
+    out.write_bytes(b"precious")
+    segments = [VideoSegment(1.0, 2.0, src6)]
+    with pytest.raises(OutputError, match="exists"):
+        editor.extract_and_concatenate_efficient(src6, segments, out, overwrite=False)
+    assert out.read_bytes() == b"precious"
+
+    def boom(fraction: float, _message: str) -> None:
+        if fraction > 0.3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        editor.extract_and_concatenate_efficient(src6, three(src6), out, progress=boom)
+    assert out.read_bytes() == b"precious"
+    no_leftovers(tmp_path)
+    editor.extract_and_concatenate_efficient(src6, segments, out)
+    assert len(grey_frames(out)) == 25
+
+
+def test_seed_import_path_and_example(src6: Path, tmp_path: Path) -> None:
+    from src.providers.video_processor import VideoEditor as SeedEditor
+    from src.providers.video_processor import VideoSegment as SeedSegment
+
+    segments = [SeedSegment(1, 2, str(src6)), SeedSegment(3, 4, str(src6))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = SeedEditor().extract_and_concatenate_efficient(
+            str(src6), segments, str(tmp_path / "seed.mp4")
+        )
+    assert report.output_duration_s == pytest.approx(2.0, abs=0.05)
+    assert report.to_dict()["mode"] == "copy"
