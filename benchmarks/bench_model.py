@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from montage.ffmpeg.profiles import (
+    X265_PRESETS,
     FFmpegMemoryProfile,
     cpu_count,
     predict_peak_mb,
@@ -133,9 +134,12 @@ def encoder_args(case: Case, settings: object) -> list[str]:
     args = ["-c:v", case.codec, "-preset", preset, *case.extra]
     if threads:
         args += ["-threads", str(threads)]
-    if lookahead is not None:
-        key = "-x265-params" if case.codec == "libx265" else "-x264-params"
-        args += [key, f"rc-lookahead={lookahead}"]
+    if lookahead is not None and case.codec == "libx265":
+        # x265 refuses a lookahead not deeper than its B-frame run (rc-lookahead=0 fails)
+        bframes = X265_PRESETS.get(preset, X265_PRESETS["medium"])[0]
+        args += ["-x265-params", f"rc-lookahead={max(lookahead, bframes + 1)}"]
+    elif lookahead is not None:
+        args += ["-x264-params", f"rc-lookahead={lookahead}"]
     return args
 
 

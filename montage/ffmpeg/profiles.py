@@ -116,7 +116,7 @@ def profile_for_level(level: Any) -> FFmpegMemoryProfile:
 
 # x264 preset -> (bframes, refs, rc_lookahead, mbtree). Lookahead only holds frames with mbtree
 # (or VBV): ultrafast/superfast turn mbtree off, so their lookahead holds no frames.
-_X264_PRESETS: dict[str, tuple[int, int, int, bool]] = {
+X264_PRESETS: dict[str, tuple[int, int, int, bool]] = {
     "ultrafast": (0, 1, 0, False),
     "superfast": (3, 1, 0, False),
     "veryfast": (3, 1, 10, True),
@@ -129,7 +129,7 @@ _X264_PRESETS: dict[str, tuple[int, int, int, bool]] = {
     "placebo": (16, 16, 60, True),
 }
 # x265 preset -> (bframes, refs, rc_lookahead)
-_X265_PRESETS: dict[str, tuple[int, int, int]] = {
+X265_PRESETS: dict[str, tuple[int, int, int]] = {
     "ultrafast": (3, 1, 5),
     "superfast": (3, 1, 10),
     "veryfast": (4, 2, 15),
@@ -175,23 +175,24 @@ _OPERATIONS = ("encode", "decode", "copy", "analyze")
 class ModelConstants:
     """Weights of the peak-RSS model. ``*_frames`` are multiples of one frame's bytes."""
 
-    base_mb: float = 30.0  # static binary mapped + demuxer/muxer state, no frames
-    copy_mb: float = 6.0  # stream copy: a few packets in flight
-    analyze_mb: float = 4.0  # scale to a small grey frame + pipe buffers
-    dec_frames: float = 4.0  # decoder references + output picture
-    dec_thread_frames: float = 2.0  # each decoder frame thread holds pictures
-    pipe_frames: float = 4.0  # ffmpeg's frame queues between decoder, filters, encoder
-    x264_mb: float = 10.0
-    x264_la_frames: float = 2.2  # a lookahead frame: planes + lowres planes
-    x264_ref_frames: float = 3.5  # a reference frame: planes + half-pel planes
-    x264_thread_frames: float = 3.3  # per frame thread: its frame being encoded + scratch
-    x265_mb: float = 120.0
-    x265_la_frames: float = 2.9
-    x265_ref_frames: float = 4.0
-    x265_thread_frames: float = 6.0
-    other_mb: float = 8.0
+    base_mb: float = 36.4  # static binary mapped + demuxer/muxer state, no frames
+    copy_mb: float = 0.0  # stream copy: a few packets in flight (measured 34-39 MiB in all)
+    analyze_mb: float = 1.0  # scale to a small grey frame + pipe buffers
+    dec_frames: float = 5.7  # decoder references + output pictures
+    dec_thread_frames: float = 2.6  # each decoder frame thread holds pictures
+    pipe_frames: float = 3.1  # ffmpeg's frame queues between decoder, filters, encoder
+    x264_mb: float = 8.9  # x264 fixed allocations
+    x264_la_frames: float = 2.33  # a lookahead frame: planes + lowres planes
+    x264_ref_frames: float = 2.59  # a reference/reconstructed frame with half-pel planes
+    x264_thread_frames: float = 3.91  # per frame thread: its frame being encoded + scratch
+    x264_lean_frames: float = 1.5  # an ultrafast frame: planes only (fixed, not fitted)
+    x264_subpel_frames: float = 15.5  # presets above ultrafast: half-pel, B-frame, mbtree buffers
+    x265_mb: float = 79.9  # x265's thread pool and CTU analysis structures
+    x265_la_frames: float = 1.0
+    x265_ref_frames: float = 12.2
+    x265_thread_frames: float = 12.05  # per frame thread (frame encoder with its own buffers)
+    other_mb: float = 16.7  # other encoders (mpeg4, ...): one calibration point only
     other_thread_frames: float = 2.0
-
 
 MODEL = ModelConstants()
 
@@ -239,16 +240,21 @@ def x264_threads(requested: int, height: int) -> int:
 
 
 def _x264_mb(frame_mb: float, preset: str, threads: int, lookahead: int | None) -> float:
-    bframes, refs, default_la, mbtree = _X264_PRESETS.get(preset, _X264_PRESETS["medium"])
+    bframes, refs, default_la, mbtree = X264_PRESETS.get(preset, X264_PRESETS["medium"])
     la = default_la if lookahead is None else lookahead
     held = max(bframes, la if mbtree else 0) + threads - 1
     if threads > 1:
         held += bframes + 1  # sync-lookahead
-    frames = (
-        MODEL.x264_la_frames * held
-        + MODEL.x264_ref_frames * (refs + 1)
-        + MODEL.x264_thread_frames * threads
-    )
+    if preset == "ultrafast":
+        # full-pel motion search, no B-frames, no scenecut: no half-pel or lowres planes
+        frames = MODEL.x264_lean_frames * (held + refs + 1)
+    else:
+        frames = (
+            MODEL.x264_subpel_frames
+            + MODEL.x264_la_frames * held
+            + MODEL.x264_ref_frames * (refs + 1)
+        )
+    frames += MODEL.x264_thread_frames * threads
     return MODEL.x264_mb + frame_mb * frames
 
 
@@ -264,10 +270,10 @@ def x265_frame_threads(requested: int) -> int:
 
 
 def _x265_mb(frame_mb: float, preset: str, threads: int, lookahead: int | None) -> float:
-    bframes, refs, default_la = _X265_PRESETS.get(preset, _X265_PRESETS["medium"])
-    la = default_la if lookahead is None else lookahead
+    bframes, refs, default_la = X265_PRESETS.get(preset, X265_PRESETS["medium"])
+    la = max(default_la if lookahead is None else lookahead, bframes + 1)  # x265 needs > bframes
     frames = (
-        MODEL.x265_la_frames * (max(la, bframes) + bframes)
+        MODEL.x265_la_frames * (la + bframes)
         + MODEL.x265_ref_frames * (refs + 1)
         + MODEL.x265_thread_frames * threads
     )

@@ -139,8 +139,9 @@ def test_slower_presets_and_x265_cost_more_at_1080p() -> None:
     peaks = [predict_peak_mb(None, None, preset=p, threads=2) for p in PRESETS]
     assert peaks == sorted(peaks)
     assert peaks[-1] > 2 * peaks[0]
-    x264 = predict_peak_mb(None, None, preset="medium")
-    assert predict_peak_mb(None, None, codec="libx265", preset="medium") > x264
+    # x265 carries a large fixed cost (measured 330 MiB vs x264's ~130 at ultrafast 1080p)
+    x264 = predict_peak_mb(None, None, preset="ultrafast")
+    assert predict_peak_mb(None, None, codec="libx265", preset="ultrafast") > 2 * x264
 
 
 def test_operations_order_and_copy_is_resolution_independent() -> None:
