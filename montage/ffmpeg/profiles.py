@@ -5,13 +5,18 @@ predicted *before* a child starts and reserved in the budget. A profile is a set
 that trade speed/quality for memory; the model turns (resolution, codec, preset, threads,
 lookahead) into MiB.
 
-Profiles (x264, measured peak RSS of a 1080p transcode with this ffmpeg, see
-``benchmarks/results/model.md``):
+Profiles (x264; measured peak RSS of a 1080p H.264+AAC -> x264+AAC transcode with the bundled
+ffmpeg n9.0.2 on a 2-CPU machine, see ``benchmarks/results/model.md``):
 
-* MINIMAL  - 1 encoder + 1 decoder thread, ultrafast, rc-lookahead 0: ~MINIMAL_1080P_MB.
-* LOW      - 2 threads, veryfast, rc-lookahead 10: ~LOW_1080P_MB.
-* BALANCED - min(4, cores) threads, fast with rc-lookahead 20: ~BALANCED_1080P_MB.
-* HIGH     - auto threads, medium, rc-lookahead 40: ~HIGH_1080P_MB (grows with cores).
+* MINIMAL  - 1 encoder + 1 decoder thread, ultrafast, rc-lookahead 0: 105 MiB (2160p: 277).
+* LOW      - 2 threads, veryfast, rc-lookahead 10: 285 MiB (2160p: 919). superfast (no mbtree)
+  would save only ~17 % (238 MiB) for a visibly worse rate/quality, so LOW keeps veryfast.
+* BALANCED - min(4, cores) threads, fast with rc-lookahead 20 (not fast's default 30): 351 MiB.
+  Each lookahead frame costs ~7 MiB at 1080p, each extra x264 thread ~12-25 MiB.
+* HIGH     - auto threads (x264: 1.5 x cores), medium, rc-lookahead 40: 519 MiB with 2 CPUs;
+  625 MiB at 8 threads, and ~1.2 GiB at 32 (MEASUREMENTS.md).
+Decode alone: 61 MiB (1 thread) to 81 MiB (auto); stream copy ~35-39 MiB at any resolution.
+x265 refuses rc-lookahead <= bframes, so a lookahead for x265 must be at least bframes + 1.
 
 The model is physical: a fixed base for the loaded binary, plus *frames held in memory* times the
 frame size (width x height x bytes per pixel of the pixel format). Frames are held by the decoder
@@ -28,6 +33,23 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+__all__ = [
+    "MODEL",
+    "X264_PRESETS",
+    "X265_PRESETS",
+    "FFmpegMemoryProfile",
+    "ModelConstants",
+    "ProfileSettings",
+    "bytes_per_pixel",
+    "cheaper",
+    "cpu_count",
+    "predict_peak_mb",
+    "profile_for_level",
+    "profile_settings",
+    "x264_threads",
+    "x265_frame_threads",
+]
 
 MIB = 1048576
 
@@ -193,6 +215,7 @@ class ModelConstants:
     x265_thread_frames: float = 12.05  # per frame thread (frame encoder with its own buffers)
     other_mb: float = 16.7  # other encoders (mpeg4, ...): one calibration point only
     other_thread_frames: float = 2.0
+
 
 MODEL = ModelConstants()
 
