@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging
+import os
+import select
 import threading
 import time
 from collections import deque
@@ -85,7 +87,7 @@ class _Tracked:
     """Identity of a tracked process: the pid alone is not enough (PIDs are reused)."""
 
     pid: int
-    create_time: float
+    start_ticks: int
     name: str
     is_ffmpeg: bool
     started_at: float
@@ -93,17 +95,66 @@ class _Tracked:
     peak_memory_mb: float = 0.0
 
 
-def _is_same_live_process(pid: int, create_time: float) -> bool:
-    """True if ``pid`` is still the process we recorded (same start time, not a zombie)."""
-    import psutil
+def _start_ticks(pid: int, root: Path) -> int | None:
+    """When ``pid`` started (clock ticks since boot; psutil's create_time is derived from it).
 
+    None if the pid is gone or a zombie. One small read, cheap enough for every sampler tick
+    (psutil costs ~4x more here, and this runs for every tracked process ten times a second).
+    """
     try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            same = abs(proc.create_time() - create_time) < 0.01
-            return same and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return False
+        fd = os.open(f"{root}/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        fields = data[data.rindex(b")") + 2 :].split()  # the name may contain spaces and ")"
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Ticker:
+    """A daemon thread that calls ``fn`` every ``interval_s()`` seconds until stopped.
+
+    It sleeps in ``select`` on a pipe rather than ``Event.wait(timeout)``: on this 2-vCPU VM
+    a timed ``Event.wait`` wake-up costs ~90 µs of CPU against ~55 µs for ``select``, and
+    the sampler wakes ten times a second for the life of the job. Writing to the pipe still
+    stops it at once.
+    """
+
+    def __init__(self, fn: Callable[[], object], interval_s: Callable[[], float], name: str):
+        self._fn = fn
+        self._interval_s = interval_s
+        self._read_fd, self._write_fd = os.pipe()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while not select.select([self._read_fd], [], [], self._interval_s())[0]:
+                try:
+                    self._fn()
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    if failures in (1, 10, 100) or failures % 1000 == 0:
+                        logger.exception("memory sample failed (%d in a row)", failures)
+        finally:
+            os.close(self._read_fd)
+
+    def stop(self) -> None:
+        """Wake the thread with a byte on the pipe and wait for it (unless called from it)."""
+        if self._write_fd >= 0:
+            os.write(self._write_fd, b"x")
+            os.close(self._write_fd)
+            self._write_fd = -1
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
 
 
 class MemoryMonitor:
@@ -130,8 +181,7 @@ class MemoryMonitor:
         self._callbacks: list[LevelCallback] = []
         self._listeners: list[TickListener] = []
         self._tracked: dict[int, _Tracked] = {}
-        self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
+        self._ticker: _Ticker | None = None
 
     # --- configuration ------------------------------------------------------------------
 
@@ -145,6 +195,9 @@ class MemoryMonitor:
 
     @property
     def interval_s(self) -> float:
+        return self._interval_s
+
+    def _interval(self) -> float:
         return self._interval_s
 
     @property
@@ -283,38 +336,21 @@ class MemoryMonitor:
 
     @property
     def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        ticker = self._ticker
+        return ticker is not None and ticker.alive
 
     def start(self) -> None:
         """Start the daemon sampler thread (idempotent)."""
         with self._lock:
-            if self.running:
-                return
-            self._stop_event = threading.Event()
-            self._thread = threading.Thread(
-                target=self._run, args=(self._stop_event,), name="montage-memory", daemon=True
-            )
-            self._thread.start()
+            if not self.running:
+                self._ticker = _Ticker(self.get_current_stats, self._interval, "montage-memory")
 
     def stop(self) -> None:
         """Stop the sampler and wait for it (idempotent; safe from a callback)."""
         with self._lock:
-            thread, self._thread = self._thread, None
-            self._stop_event.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
-
-    def _run(self, stop_event: threading.Event) -> None:
-        failures = 0
-        while not stop_event.wait(self._interval_s):
-            try:
-                self.get_current_stats()
-                failures = 0
-            except Exception:
-                failures += 1
-                if failures in (1, 10, 100) or failures % 1000 == 0:
-                    logger.exception("memory sample failed (%d in a row)", failures)
+            ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.stop()
 
     def close(self) -> None:
         """Stop sampling and release kept-open files."""
@@ -331,14 +367,11 @@ class MemoryMonitor:
 
     def track_process(self, pid: int, name: str, is_ffmpeg: bool = False) -> None:
         """Follow ``pid`` (and its descendants) until it exits; ignored if already gone."""
-        import psutil
-
-        try:
-            create_time = psutil.Process(pid).create_time()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        start_ticks = _start_ticks(pid, self._root)
+        if start_ticks is None:
             logger.debug("not tracking pid %d (%s): already gone", pid, name)
             return
-        self._track(_Tracked(pid, create_time, name, is_ffmpeg, time.time()))
+        self._track(_Tracked(pid, start_ticks, name, is_ffmpeg, time.time()))
 
     def _track(self, record: _Tracked) -> None:
         with self._lock:
@@ -351,7 +384,7 @@ class MemoryMonitor:
 
     def _refresh(self, record: _Tracked) -> bool:
         """Update live/peak memory; False if the process is gone (or the pid was reused)."""
-        if not _is_same_live_process(record.pid, record.create_time):
+        if _start_ticks(record.pid, self._root) != record.start_ticks:
             return False
         tree_bytes = process_tree_memory(record.pid, self._root).tree_rss_bytes
         record.memory_mb = tree_bytes / MIB
@@ -359,6 +392,8 @@ class MemoryMonitor:
         return True
 
     def _update_tracked(self) -> None:
+        if not self._tracked:  # the common idle case: no work on the sampler's hot path
+            return
         with self._lock:
             records = list(self._tracked.values())
         dead = [r for r in records if not self._refresh(r)]
@@ -449,27 +484,6 @@ class MemoryGuard:
         self.observe(stats.tree_memory_mb, stats)
 
 
-def _private_sampler(guard: MemoryGuard, interval_s: float) -> Callable[[], None]:
-    """Follow the block's peak when the global sampler is not running; returns a stopper."""
-    stop_event = threading.Event()
-
-    def run() -> None:
-        while not stop_event.wait(interval_s):
-            try:
-                guard.sample()
-            except Exception:
-                logger.exception("memory_guard sampler failed")
-
-    thread = threading.Thread(target=run, name="montage-memory-guard", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        stop_event.set()
-        thread.join(timeout=5.0)
-
-    return stop
-
-
 def _narrowest(*values_mb: float | None) -> float | None:
     present = [v for v in values_mb if v is not None]
     return min(present) if present else None
@@ -494,14 +508,15 @@ def memory_guard(
     guard = MemoryGuard(monitor, _narrowest(monitor.budget_mb(), max_memory_mb), on_exceed)
     token = _GUARD_BUDGET_MB.set(_narrowest(_GUARD_BUDGET_MB.get(), max_memory_mb))
     monitor.add_sample_listener(guard._on_stats)
-    stop_sampler = None if monitor.running else _private_sampler(guard, monitor.interval_s)
+    # Without the global sampler, a private one follows the block's peak between entry and exit.
+    private = None if monitor.running else _Ticker(guard.sample, monitor._interval, "montage-guard")
     try:
         guard.sample()
         yield guard
         guard.sample()
     finally:
-        if stop_sampler is not None:
-            stop_sampler()
+        if private is not None:
+            private.stop()
         monitor.remove_sample_listener(guard._on_stats)
         _GUARD_BUDGET_MB.reset(token)
     if guard.exceeded and on_exceed == "raise":

@@ -271,10 +271,13 @@ def test_zombie_is_not_reported_as_live(sleeper: subprocess.Popen[bytes]) -> Non
 def test_reused_pid_is_not_confused_with_the_tracked_process(
     sleeper: subprocess.Popen[bytes],
 ) -> None:
-    """A record whose create_time differs from the live pid's is a dead process, not this one."""
+    """A record whose start time differs from the live pid's is a dead process, not this one."""
     monitor = MemoryMonitor()
-    real_start = psutil.Process(sleeper.pid).create_time()
-    stale = _Tracked(sleeper.pid, real_start - 1000.0, "old ffmpeg", True, time.time())
+    monitor.track_process(sleeper.pid, "live")
+    [live] = monitor._tracked.values()
+    monitor.untrack_process(sleeper.pid)
+    assert monitor.get_tracked_processes() == []
+    stale = _Tracked(sleeper.pid, live.start_ticks - 1000, "old ffmpeg", True, time.time())
     monitor._track(stale)
     assert monitor.get_tracked_processes() == []
     assert monitor.get_ffmpeg_processes() == []
