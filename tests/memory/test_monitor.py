@@ -453,3 +453,23 @@ def test_guard_rejects_bad_arguments() -> None:
         pass
     with pytest.raises(ConfigError), memory_guard(max_memory_mb=0):
         pass
+
+
+def test_a_callback_may_stop_the_sampler(machine: FakeMachine) -> None:
+    """stop() from inside the sampler thread must neither deadlock nor raise."""
+    monitor = MemoryMonitor(root=machine.root, interval_s=0.02)
+    stopped = threading.Event()
+
+    def stop_on_critical(old: Level, new: Level, stats: MemoryStats) -> None:
+        monitor.stop()
+        stopped.set()
+
+    monitor.register_callback(stop_on_critical)
+    monitor.start()
+    try:
+        machine.set_used_pct(95.0)
+        assert stopped.wait(10)
+        assert wait_for(lambda: not is_running(monitor))
+    finally:
+        monitor.stop()
+    assert "montage-memory" not in [t.name for t in threading.enumerate()]
