@@ -14,6 +14,7 @@ from array import array
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from montage.video.segments import VideoSegment
 
@@ -132,38 +133,85 @@ def _format(container: object) -> SourceFormat:
     )
 
 
-def build_index(path: str | Path) -> SourceIndex:
+def build_index(path: str | Path, windows: list[tuple[float, float]] | None = None) -> SourceIndex:
     """Demux ``path``'s first video stream (packets only) into a ``SourceIndex``.
 
-    The caller validates the path first (``probe``), so errors here mean a damaged file.
+    With ``windows`` (``(start_s, end_s)`` of the segments), only the packets from the
+    keyframe before each start to a little past each end are read: the cost follows the
+    edit, not the file (three 10 s cuts of a 10-minute file read ~5 % of it). The index then
+    holds those frames only; every segment's range is contiguous in it. The caller validates
+    the path first (``probe``), so errors here mean a damaged file.
     """
     import av
 
     with av.open(str(path), options={"protocol_whitelist": "file"}) as container:
         fmt = _format(container)
-        video = container.streams.video[0]
-        tb = video.time_base
         start_raw = (container.start_time or 0) / 1_000_000
-        pts_list: list[float] = []
-        keyframes: list[tuple[float, float]] = []
-        last_duration = 0.0
-        for packet in container.demux(video):
-            if packet.pts is None or tb is None:
-                continue
-            pts_s = float(packet.pts * tb) - start_raw
-            pts_list.append(pts_s)
-            last_duration = float(packet.duration * tb) if packet.duration else 0.0
-            if packet.is_keyframe:
-                dts = packet.dts if packet.dts is not None else packet.pts
-                keyframes.append((pts_s, float(dts * tb) - start_raw))
-    pts_list.sort()
-    if not pts_list:
+        packets: dict[float, tuple[bool, float]] = {}
+        reached_eof, last_duration = False, 0.0
+        for window in _merge(windows) if windows else [None]:
+            eof, duration = _read_window(container, window, start_raw, packets)
+            if eof:
+                reached_eof, last_duration = True, duration
+    if not packets:
         raise ValueError(f"{path} has no video frames")
-    frames = array("d", pts_list)
+    frames = array("d", sorted(packets))
     end_s = frames[-1] + (last_duration or 1.0 / float(fmt.fps))
-    kf_idx = tuple(bisect.bisect_left(frames, t - TIME_EPSILON_S) for t, _ in sorted(keyframes))
-    kf_dts = tuple(d for _, d in sorted(keyframes))
+    if not reached_eof:
+        end_s = max(end_s, _container_end_s(path))
+    keyframes = [(t, packets[t][1]) for t in frames if packets[t][0]]
+    kf_idx = tuple(bisect.bisect_left(frames, t - TIME_EPSILON_S) for t, _ in keyframes)
+    kf_dts = tuple(d for _, d in keyframes)
     return SourceIndex(Path(path), fmt, start_raw, end_s, frames, kf_idx, kf_dts)
+
+
+WINDOW_MARGIN_S = 1.0
+
+
+def _merge(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(windows):
+        if merged and a <= merged[-1][1] + WINDOW_MARGIN_S:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _read_window(
+    container: Any,
+    window: tuple[float, float] | None,
+    start_raw: float,
+    packets: dict[float, tuple[bool, float]],
+) -> tuple[bool, float]:
+    """Add ``{pts: (is_keyframe, dts)}`` of the window's packets; return (hit EOF, last
+    packet's duration). Seeks to the keyframe at or before the window's start."""
+    video = container.streams.video[0]
+    tb = video.time_base
+    if window is not None and window[0] > 0:
+        container.seek(int((window[0] + start_raw) / tb), stream=video, backward=True)
+    stop_s = math.inf if window is None else window[1] + WINDOW_MARGIN_S
+    duration_s, first = 0.0, True
+    for packet in container.demux(video):
+        if packet.pts is None:
+            continue
+        pts_s = float(packet.pts * tb) - start_raw
+        dts_s = float((packet.dts if packet.dts is not None else packet.pts) * tb) - start_raw
+        if first and window is not None and window[0] > 0 and not packet.is_keyframe:
+            container.seek(0, stream=video, backward=True)  # seek missed a keyframe: rescan
+            return _read_window(container, (0.0, window[1]), start_raw, packets)
+        first = False
+        packets[pts_s] = (bool(packet.is_keyframe), dts_s)
+        duration_s = float(packet.duration * tb) if packet.duration else 0.0
+        if dts_s > stop_s:
+            return False, duration_s
+    return True, duration_s
+
+
+def _container_end_s(path: str | Path) -> float:
+    from montage.ffmpeg.probe import probe
+
+    return probe(path).duration_s
 
 
 @dataclass(frozen=True)

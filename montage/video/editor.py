@@ -120,20 +120,18 @@ class VideoEditor:
         _check_arguments(segments, mode, apply_transitions, transition_duration)
         from montage.ffmpeg.probe import probe
 
-        probe(input_file, require_video=True)
-        paths = {s.path for s in segments}
-        for path in sorted(paths):
-            probe(path, require_video=True)
+        infos = {Path(os.fspath(input_file)).resolve(): probe(input_file, require_video=True)}
+        for path in sorted({s.path for s in segments}):
+            if path.resolve() not in infos:
+                infos[path.resolve()] = probe(path, require_video=True)
         out = Path(os.fspath(output_file))
-        _check_output(out, [Path(os.fspath(input_file)), *paths], overwrite)
-        indexes = {p.resolve(): build_index(p) for p in paths}
-        ranges = [
-            snap(
-                s.clamp_to(indexes[s.path.resolve()].end_s, strict=strict),
-                indexes[s.path.resolve()],
-            )
-            for s in segments
-        ]
+        _check_output(out, [Path(os.fspath(input_file)), *(s.path for s in segments)], overwrite)
+        clamped = [s.clamp_to(infos[s.path.resolve()].duration_s, strict=strict) for s in segments]
+        windows: dict[Path, list[tuple[float, float]]] = {}
+        for seg in clamped:
+            windows.setdefault(seg.path.resolve(), []).append((seg.start_time, seg.end_time))
+        indexes = {key: build_index(key, spans) for key, spans in windows.items()}
+        ranges = [snap(s, indexes[s.path.resolve()]) for s in clamped]
         runner = JobRunner(self.memory_limit_mb, progress)
         chosen, reason = _choose_mode(mode, ranges, apply_transitions)
         plan, used, reason = self._produce(

@@ -323,3 +323,19 @@ def test_seed_import_path_and_example(src6: Path, tmp_path: Path) -> None:
         )
     assert report.output_duration_s == pytest.approx(2.0, abs=0.05)
     assert report.to_dict()["mode"] == "copy"
+
+
+def test_windowed_index_agrees_with_a_full_scan(src_bframes: Path) -> None:
+    from montage.video.cutting import build_index
+
+    full = build_index(src_bframes)
+    part = build_index(src_bframes, [(1.3, 2.1), (4.2, 6.0)])
+    assert full.frame_count == 150 and full.end_s == pytest.approx(6.0)
+    assert part.frame_count < full.frame_count
+    assert set(part.frame_times_s) <= set(full.frame_times_s)
+    assert part.end_s == pytest.approx(full.end_s)  # the last window reached the end
+    assert part.time_of(part.first_frame_at_or_after(1.3)) == pytest.approx(1.32)
+    assert part.time_of(part.keyframe_at_or_before(part.first_frame_at_or_after(1.3))) == 1.0
+    for index in part.keyframe_indices:
+        t = part.time_of(index)
+        assert full.keyframe_dts(full.first_frame_at_or_after(t)) == part.keyframe_dts(index)
