@@ -126,7 +126,12 @@ class MemoryBudget:
         budget = monitor.budget_mb() if monitor is not None else current_budget_mb()
         if budget is not None:
             return budget, "configured"
-        stats = self._monitor_or_global().get_current_stats()
+        monitor = self._monitor_or_global()
+        history = monitor.history() if monitor.running else []
+        fresh = history and time.time() - history[-1].timestamp < 1.0
+        # A running sampler's last sample is fresh enough; sampling here would run the level
+        # callbacks while this budget's lock is held.
+        stats = history[-1] if fresh else monitor.get_current_stats()
         return tree_mb + stats.available_mb, "machine"
 
     def _snapshot(self) -> _Snapshot:

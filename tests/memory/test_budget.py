@@ -201,3 +201,19 @@ def test_bad_arguments_are_config_errors() -> None:
         MemoryBudget(headroom_pct=100)
     with pytest.raises(ConfigError), MemoryBudget(total_mb=100).reserve(-1, "negative"):
         pass
+
+
+def test_without_a_budget_the_machine_figure_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from montage.memory.monitor import MemoryMonitor
+
+    monkeypatch.delenv("MONTAGE_MEMORY_LIMIT", raising=False)
+    monitor = MemoryMonitor()
+    budget = MemoryBudget(monitor=monitor)
+    machine_mb = tree_mb() + monitor.get_current_stats().available_mb
+    with budget.reserve(10, "small", timeout=5):
+        assert budget.holders() == [("small", 10)]
+    with (
+        pytest.raises(InsufficientMemoryError, match="machine budget"),
+        budget.reserve(machine_mb * 2, "more than the machine has"),
+    ):
+        pass
