@@ -1,0 +1,1 @@
+"""Fault injection with real processes: kills, signals, full disks, vanishing inputs, load."""
