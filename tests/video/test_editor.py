@@ -339,3 +339,15 @@ def test_windowed_index_agrees_with_a_full_scan(src_bframes: Path) -> None:
     for index in part.keyframe_indices:
         t = part.time_of(index)
         assert full.keyframe_dts(full.first_frame_at_or_after(t)) == part.keyframe_dts(index)
+
+
+def test_smart_cut_of_hevc_is_exact(
+    editor: VideoEditor, make_clip: MakeClip, tmp_path: Path
+) -> None:
+    src = make_clip(duration=3, vcodec="libx265", extra=("-x265-params", "log-level=error"))
+    out = tmp_path / "hevc.mp4"
+    segments = [VideoSegment(0.3, 1.6, src), VideoSegment(2.1, 3.0, src)]
+    report = editor.extract_and_concatenate_efficient(src, segments, out, mode="smart")
+    assert report.mode == "smart", report.fallback_reason
+    assert report.expected_frames == 32 + 22  # frames 8..39 and 53..74
+    assert_segments_match_source(out, src, report)
