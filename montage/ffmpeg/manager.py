@@ -87,7 +87,7 @@ class FFmpegMemoryManager:
         """Our running ffmpeg jobs, oldest first."""
         with self._lock:
             jobs = list(self._jobs)
-        return [job for job in jobs if job.returncode is None]
+        return [job for job in jobs if job.poll() is None]
 
     def get_active_process_count(self) -> int:
         return len(self.jobs())

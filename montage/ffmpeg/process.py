@@ -350,14 +350,22 @@ class FFmpegProcess:
             if already_delivered:
                 return
             raise
-        if check and returncode != 0 and self.stop_reason != "stopped":
-            raise FFmpegError(
-                f"ffmpeg job {self.name!r} failed with exit code {returncode}: "
-                f"{_last_lines(self.stderr_tail)}",
-                returncode=returncode,
-                cmd=self.cmd,
-                stderr_tail=self.stderr_tail,
+        if not check or returncode == 0 or self.stop_reason == "stopped":
+            return
+        if self.limit_mb is not None and any(m in self.stderr_tail for m in _ALLOC_FAILURES):
+            raise self._memory_error(  # the RLIMIT_DATA backstop fired between two samples
+                FFmpegMemoryExceeded, f"failed to allocate memory (exit code {returncode})"
             )
+        raise FFmpegError(
+            f"ffmpeg job {self.name!r} failed with exit code {returncode}: "
+            f"{_last_lines(self.stderr_tail)}",
+            returncode=returncode,
+            cmd=self.cmd,
+            stderr_tail=self.stderr_tail,
+        )
+
+
+_ALLOC_FAILURES = ("malloc failed", "Cannot allocate memory", "get_buffer() failed")
 
 
 def _last_lines(text: str, count: int = 5) -> str:
@@ -639,6 +647,8 @@ def memory_safe_ffmpeg(
     from montage.memory.budget import get_memory_budget
     from montage.memory.monitor import current_budget_mb, get_memory_monitor
 
+    if isinstance(cmd, (str, bytes)):
+        raise TypeError("cmd must be an argv list like ['ffmpeg', '-i', path, ...], not a string")
     argv = resolve_argv([os.fspath(part) for part in cmd])
     limit_mb = max_memory_mb if max_memory_mb is not None else current_budget_mb()
     manager = get_ffmpeg_memory_manager()

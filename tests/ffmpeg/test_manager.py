@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import psutil
 import pytest
@@ -224,3 +225,31 @@ def test_jobs_are_ffmpeg_processes(manager: FFmpegMemoryManager) -> None:
         assert all(isinstance(job, FFmpegProcess) for job in manager.jobs())
         process.terminate()
     assert process not in manager.jobs()
+
+
+def test_seed_import_path_runs_the_specs_snippets(clip: Path, tmp_path: Path) -> None:
+    import src.utils.ffmpeg_memory_manager as seed
+    from montage.ffmpeg import chunks
+
+    assert seed.memory_safe_ffmpeg is memory_safe_ffmpeg
+    assert seed.get_ffmpeg_memory_manager() is get_ffmpeg_memory_manager()
+    assert seed.process_video_chunks is chunks.process_video_chunks
+    with pytest.raises(AttributeError):
+        _ = seed.no_such_name
+
+    cmd = ["ffmpeg", "-i", str(clip), "-c:v", "libx264", str(tmp_path / "output.mp4")]
+    with seed.memory_safe_ffmpeg(cmd, max_memory_mb=512) as process:
+        result = process.wait()
+    assert result == 0
+    assert 0 < process.peak_memory_mb < 512
+
+    base_cmd = ["ffmpeg", "-i", str(clip), "-c:v", "libx264", str(tmp_path / "custom.mp4")]
+    optimized_cmd = seed.build_memory_safe_ffmpeg_command(base_cmd, str(clip))
+    with seed.memory_safe_ffmpeg(optimized_cmd) as process:
+        assert process.wait() == 0
+    assert process.progress.frame == 100
+
+
+def test_a_string_command_is_refused() -> None:
+    with pytest.raises(TypeError), memory_safe_ffmpeg("ffmpeg -version"):
+        pass
