@@ -83,7 +83,8 @@ class _Pieces:
         path = self.work.name("v", ".ts")
         cmd = video_piece_cmd(self.ffmpeg, src_rng.source, start_s, frames, self.target, enc, path)
         seconds = self.target.seconds(frames)
-        self.jobs.append(Job(cmd, f"encode-{path.stem}", ENCODE_WEIGHT * seconds, seconds))
+        job = Job(cmd, f"encode-{path.stem}", ENCODE_WEIGHT * seconds, seconds, src_rng.source.path)
+        self.jobs.append(job)
         self._add_video(path, frames, seconds)
 
     def copy(self, rng: FrameRange) -> None:
@@ -230,7 +231,8 @@ def _crossfade(
         video,
         audio,
     )
-    pieces.jobs.append(Job(cmd, f"xfade-{video.stem}", ENCODE_WEIGHT * 2 * fade_s, fade_s))
+    weight = ENCODE_WEIGHT * 2 * fade_s
+    pieces.jobs.append(Job(cmd, f"xfade-{video.stem}", weight, fade_s, a.source.path))
     pieces._add_video(video, fade_frames, fade_s)
     if audio is not None:
         pieces.audio.append((audio.name, {"duration": fade_s}))

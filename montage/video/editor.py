@@ -135,7 +135,13 @@ class VideoEditor:
         runner = JobRunner(self.memory_limit_mb, progress)
         chosen, reason = _choose_mode(mode, ranges, apply_transitions)
         plan, used, reason = self._produce(
-            ranges, out, chosen, reason, runner, transition_duration if apply_transitions else 0
+            ranges,
+            out,
+            chosen,
+            reason,
+            runner,
+            transition_duration if apply_transitions else 0,
+            overwrite=overwrite,
         )
         from montage.ffmpeg.probe import probe as probe_output
 
@@ -168,6 +174,8 @@ class VideoEditor:
         reason: str | None,
         runner: JobRunner,
         fade_s: float,
+        *,
+        overwrite: bool,
     ) -> tuple[Assembly, str, str | None]:
         """Build and run the plan into a temp file beside ``out``, then rename it into place."""
         from montage.resources import managed_temp_directory, register_cleanup, unregister_cleanup
@@ -179,7 +187,7 @@ class VideoEditor:
                 plan, used, reason = self._run_mode(
                     WorkDir(folder), ranges, temp, mode, reason, runner, fade_s
                 )
-            os.replace(temp, out)
+            _publish(temp, out, overwrite)
         finally:
             temp.unlink(missing_ok=True)
             unregister_cleanup(token)
@@ -258,6 +266,22 @@ class VideoEditor:
         return EncodeSettings(
             preset=knobs.preset, threads=knobs.encoder_threads, rc_lookahead=knobs.rc_lookahead
         )
+
+
+def _publish(temp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished file into place: replace atomically, or (``overwrite=False``) link
+    it in so an output that appeared meanwhile is still never overwritten."""
+    if overwrite:
+        os.replace(temp, out)
+        return
+    try:
+        os.link(temp, out)
+    except FileExistsError:
+        raise OutputError(f"output {out} exists; pass overwrite=True to replace it") from None
+    except OSError:  # no hard links here (some network/FAT file systems)
+        if out.exists():
+            raise OutputError(f"output {out} exists; pass overwrite=True to replace it") from None
+        os.replace(temp, out)
 
 
 def _check_arguments(
