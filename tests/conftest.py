@@ -52,18 +52,32 @@ def make_clip(tmp_path_factory: pytest.TempPathFactory, ffmpeg_exe: str) -> Make
         extra: tuple[str, ...] = (),
         name: str | None = None,
     ) -> Path:
-        key = repr((duration, size, rate, audio, gop, vcodec, source, ext, tone, sample_rate, extra))
+        key = repr(
+            (duration, size, rate, audio, gop, vcodec, source, ext, tone, sample_rate, extra)
+        )
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         if digest in made and name is None:
             return made[digest]
         out = cache_dir / (name or f"clip_{digest}.{ext}")
         cmd = [
-            ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-f", "lavfi", "-i", f"{source}=size={size}:rate={rate}:duration={duration}",
+            ffmpeg_exe,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"{source}=size={size}:rate={rate}:duration={duration}",
         ]
         if audio:
-            cmd += ["-f", "lavfi", "-i",
-                    f"sine=frequency={tone}:sample_rate={sample_rate}:duration={duration}"]
+            cmd += [
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency={tone}:sample_rate={sample_rate}:duration={duration}",
+            ]
         cmd += ["-c:v", vcodec]
         if vcodec in ("libx264", "libx265"):
             cmd += ["-preset", "ultrafast", "-pix_fmt", "yuv420p"]

@@ -131,8 +131,12 @@ def run(argv: list[str] | None = None) -> int:
     except Terminated:
         click.echo("montage-video: terminated", err=True)
         code = EXIT_TERMINATED
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "montage-video"
+        click.echo(f"{command}: error: {error.format_message()} (see --help)", err=True)
+        code = EXIT_USAGE
     except click.ClickException as error:
-        error.show()
+        click.echo(_error_line(error), err=True)
         code = error.exit_code
     except (InvalidMediaError, OutputError, ConfigError, ValueError, FileNotFoundError) as error:
         _report(error)

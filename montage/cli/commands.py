@@ -81,7 +81,10 @@ def probe(state: AppState, file: Path, as_json: bool, trusted: bool) -> None:
         return
     render.out.print(render.media_table(media))
     if config is not None:
-        render.out.print(render.kv_table("Safe processing config", config.to_dict()))
+        rows = config.to_dict()
+        reasons = rows.pop("reasons", {}) or {}
+        rows.update({f"why {key}": text for key, text in reasons.items()})
+        render.out.print(render.kv_table("Safe processing config", rows))
 
 
 @app.command()

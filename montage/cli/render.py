@@ -52,7 +52,11 @@ def progress_bar(description: str, *, quiet: bool) -> Iterator[ProgressCallback]
         def update(fraction: float, message: str) -> None:
             progress.update(task, completed=max(0.0, min(1.0, fraction)), message=message[:48])
 
-        yield update
+        try:
+            yield update
+        except BaseException:
+            progress.update(task, visible=False)  # the error line says what happened
+            raise
         progress.update(task, completed=1.0)
 
 
@@ -61,7 +65,7 @@ def kv_table(title: str, rows: Mapping[str, Any]) -> Table:
     table.add_column(style="bold cyan")
     table.add_column()
     for key, value in rows.items():
-        table.add_row(key, str(value))
+        table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
     return table
 
 

@@ -207,13 +207,28 @@ def rank_highlights(
         )
         for s in sorted(set(starts))
     ]
-    scored.sort(key=lambda c: c.score, reverse=True)
+    return _pick_diverse(scored, sorted(scene_changes), max_candidates)
+
+
+SAME_SCENE_PENALTY = 1.0
+"""Score lost per already-chosen candidate in the same scene, so a reel shows several scenes."""
+
+
+def _pick_diverse(
+    scored: list[HighlightCandidate], cuts: list[float], max_candidates: int
+) -> list[HighlightCandidate]:
+    """Greedy: best adjusted score first, never overlapping, spread across scenes."""
+
+    def scene_of(c: HighlightCandidate) -> int:
+        return sum(1 for cut in cuts if cut <= c.start + 1e-6)
+
     chosen: list[HighlightCandidate] = []
-    for cand in scored:
-        if all(cand.end <= c.start or cand.start >= c.end for c in chosen):
-            chosen.append(cand)
-        if len(chosen) >= max_candidates:
-            break
+    remaining = list(scored)
+    while remaining and len(chosen) < max_candidates:
+        used = [scene_of(c) for c in chosen]
+        best = max(remaining, key=lambda c: c.score - SAME_SCENE_PENALTY * used.count(scene_of(c)))
+        chosen.append(best)
+        remaining = [c for c in remaining if c.end <= best.start or c.start >= best.end]
     return chosen
 
 
