@@ -223,9 +223,10 @@ class FFmpegProcess:
         return None
 
     def _memory_error(self, kind: type[FFmpegMemoryExceeded], what: str) -> FFmpegMemoryExceeded:
+        cap = "no cap" if self.limit_mb is None else f"cap {self.limit_mb:.0f} MiB"
         return kind(
             f"ffmpeg job {self.name!r} (pid {self.pid}) {what}: peak {self.peak_memory_mb:.1f} MiB"
-            f" (cap {self.limit_mb} MiB); command: {' '.join(self.cmd)}",
+            f" ({cap}); command: {' '.join(self.cmd)}",
             limit_mb=self.limit_mb if self.limit_mb is not None else 0.0,
             peak_mb=self.peak_memory_mb,
             cmd=self.cmd,
