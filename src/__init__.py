@@ -1,1 +1,1 @@
-"""The spec's documented import paths (``src.utils.memory_init`` ...), as thin aliases of ``montage``."""
+"""The spec's documented import paths (``src.utils.memory_init`` ...): thin aliases of montage."""

@@ -121,6 +121,7 @@ def analyze_video(
     keyframes = keyframe_times(path) if fast else None
     tracker = _Progress(progress, _expected_frames(info, keyframes))
 
+    before = _fingerprint(path)
     with memory_guard(memory_limit_mb) as guard:
         digest: list[str] = []
         hasher = threading.Thread(target=lambda: digest.append(_sha256(path)), daemon=True)
@@ -137,6 +138,7 @@ def analyze_video(
             )
         hasher.join()
         peak_mb = max(guard.peak_memory_mb, *(p.peak_memory_mb for p in parts))
+    _check_complete(info, before, sum(p.frames for p in parts), tracker.total if not fast else 0)
     return _merge(
         info,
         digest[0],
@@ -154,6 +156,32 @@ def analyze_video(
             "ffmpeg_profile": str(getattr(config.ffmpeg_profile, "value", config.ffmpeg_profile)),
         },
     )
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def _check_complete(info: MediaInfo, before: tuple[int, int], frames: int, expected: int) -> None:
+    """A file that changed or ended early while being read must not yield a 'result'."""
+    from montage.errors import CorruptMediaError
+
+    if _fingerprint(Path(info.path)) != before:
+        raise CorruptMediaError(
+            info.path,
+            f"{info.path} changed or disappeared while it was being analysed; "
+            "analyse a copy that nothing else is writing",
+        )
+    if expected and frames < expected - max(2, round(0.01 * expected)):
+        raise CorruptMediaError(
+            info.path,
+            f"{info.path}: decoding ended after {frames} of {expected} frames; "
+            "the file is truncated or damaged (re-copy or re-encode it)",
+        )
 
 
 def _range_count(duration_s: float, chunked: bool, workers: int) -> int:
@@ -185,6 +213,7 @@ def _expected_frames(info: MediaInfo, keyframes: list[float] | None) -> int:
 class _Progress:
     def __init__(self, callback: ProgressCallback | None, total: int) -> None:
         self._callback, self._total, self._done = callback, total, 0
+        self.total = total
         self._lock = threading.Lock()
 
     def add(self, frames: int) -> None:
