@@ -392,7 +392,18 @@ def probe(path: PathLike, *, trusted: bool = False, require_video: bool = False)
             f"{p} has no video stream (only {', '.join(s.kind for s in streams)}); "
             f"give a video file",
         )
+    if require_video and _is_still_image(info):
+        raise NotMediaError(
+            str(p), f"{p} is a still image ({info.container}), not a video; give a video file"
+        )
     return info
+
+
+def _is_still_image(info: MediaInfo) -> bool:
+    """A picture (png, jpeg, ... whatever its name says): an image demuxer and no duration."""
+    names = set(info.container.split(","))
+    image_demuxer = "image2" in names or any(n.endswith("_pipe") for n in names)
+    return image_demuxer and info.duration_s <= 0
 
 
 def keyframe_times(path: PathLike, *, trusted: bool = False) -> list[float]:
