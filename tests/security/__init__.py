@@ -1,0 +1,1 @@
+"""Hostile inputs: playlists, awkward names, fake and absurd media; no shell, no stray writes."""
