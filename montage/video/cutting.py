@@ -133,14 +133,20 @@ def _format(container: object) -> SourceFormat:
     )
 
 
-def build_index(path: str | Path, windows: list[tuple[float, float]] | None = None) -> SourceIndex:
+def build_index(
+    path: str | Path,
+    windows: list[tuple[float, float]] | None = None,
+    *,
+    duration_s: float | None = None,
+) -> SourceIndex:
     """Demux ``path``'s first video stream (packets only) into a ``SourceIndex``.
 
     With ``windows`` (``(start_s, end_s)`` of the segments), only the packets from the
     keyframe before each start to a little past each end are read: the cost follows the
     edit, not the file (three 10 s cuts of a 10-minute file read ~5 % of it). The index then
     holds those frames only; every segment's range is contiguous in it. The caller validates
-    the path first (``probe``), so errors here mean a damaged file.
+    the path first (``probe``), so errors here mean a damaged file; ``duration_s`` is the
+    probed duration (the end when no window reaches it).
     """
     import av
 
@@ -158,14 +164,16 @@ def build_index(path: str | Path, windows: list[tuple[float, float]] | None = No
     frames = array("d", sorted(packets))
     end_s = frames[-1] + (last_duration or 1.0 / float(fmt.fps))
     if not reached_eof:
-        end_s = max(end_s, _container_end_s(path))
+        end_s = max(end_s, duration_s if duration_s is not None else _container_end_s(path))
     keyframes = [(t, packets[t][1]) for t in frames if packets[t][0]]
     kf_idx = tuple(bisect.bisect_left(frames, t - TIME_EPSILON_S) for t, _ in keyframes)
     kf_dts = tuple(d for _, d in keyframes)
     return SourceIndex(Path(path), fmt, start_raw, end_s, frames, kf_idx, kf_dts)
 
 
-WINDOW_MARGIN_S = 1.0
+# Read this far past a window's end: covers B-frame reordering (x264 allows 16 B-frames,
+# 0.53 s at 30 fps) so every frame presented before the end has been seen.
+WINDOW_MARGIN_S = 0.6
 
 
 def _merge(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -187,7 +195,7 @@ def _read_window(
     """Add ``{pts: (is_keyframe, dts)}`` of the window's packets; return (hit EOF, last
     packet's duration). Seeks to the keyframe at or before the window's start."""
     video = container.streams.video[0]
-    tb = video.time_base
+    tb = float(video.time_base)  # floats: Fraction arithmetic per packet costs more than demuxing
     if window is not None and window[0] > 0:
         container.seek(int((window[0] + start_raw) / tb), stream=video, backward=True)
     stop_s = math.inf if window is None else window[1] + WINDOW_MARGIN_S

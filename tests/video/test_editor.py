@@ -341,6 +341,7 @@ def test_windowed_index_agrees_with_a_full_scan(src_bframes: Path) -> None:
         assert full.keyframe_dts(full.first_frame_at_or_after(t)) == part.keyframe_dts(index)
 
 
+@pytest.mark.slow
 def test_smart_cut_of_hevc_is_exact(
     editor: VideoEditor, make_clip: MakeClip, tmp_path: Path
 ) -> None:
@@ -351,3 +352,37 @@ def test_smart_cut_of_hevc_is_exact(
     assert report.mode == "smart", report.fallback_reason
     assert report.expected_frames == 32 + 22  # frames 8..39 and 53..74
     assert_segments_match_source(out, src, report)
+
+
+@pytest.mark.slow
+def test_smart_verifies_seam_windows_on_long_outputs(
+    editor: VideoEditor, src6: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import montage.video.editor as editor_module
+
+    monkeypatch.setattr(editor_module, "VERIFY_FULL_MAX_S", 0.0)
+    out = tmp_path / "windows.mp4"
+    report = editor.extract_and_concatenate_efficient(src6, three(src6), out, mode="smart")
+    assert report.mode == "smart", report.fallback_reason
+    assert report.ffmpeg_runs > 9  # pieces + join + one decode per seam
+    assert len(grey_frames(out)) == 108
+
+
+def test_smart_falls_back_to_accurate_when_the_join_does_not_decode(
+    editor: VideoEditor, src6: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import montage.video.editor as editor_module
+    from montage.video.pieces import EncodeSettings
+
+    def wrong_codec(_source: object, enc: EncodeSettings) -> EncodeSettings:
+        return dataclasses.replace(enc, encoder="mpeg4")  # not what the copied GOPs are
+
+    monkeypatch.setattr(editor_module, "_smart_settings", wrong_codec)
+    out = tmp_path / "fallback.mp4"
+    report = editor.extract_and_concatenate_efficient(src6, three(src6), out, mode="smart")
+    assert report.mode == "accurate"
+    assert report.fallback_reason is not None and "verification" in report.fallback_reason
+    assert_segments_match_source(out, src6, report)
+    no_leftovers(tmp_path)
