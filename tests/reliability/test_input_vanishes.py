@@ -78,11 +78,6 @@ def test_truncated_while_analyzing_leaves_nothing_behind(victim: Path) -> None:
     _analyze(victim, "truncate")  # any outcome but a crash; the fixture checks the leftovers
 
 
-@pytest.mark.xfail(
-    reason="video/analysis.py analyze_video: an input truncated mid-read gives a 'successful' "
-    "result for the whole declared duration from ~1/6 of its frames (no frame-count check)",
-    strict=True,
-)
 def test_truncated_while_analyzing_errors_clearly_or_is_consistent(victim: Path) -> None:
     result, error = _analyze(victim, "truncate")
     if error is not None:
