@@ -298,6 +298,17 @@ def _merge_params(opts: list[str], option: str, lookahead: int, label: str) -> N
     opts[index] = ":".join(parts)
 
 
+def _x265_min_lookahead(opts: list[str]) -> int:
+    """x265 refuses a lookahead not above its B-frame run ("Lookahead depth must be greater
+    than the max consecutive bframe count"), so the profile's value is raised to bframes + 1."""
+    from montage.ffmpeg.profiles import X265_PRESETS
+
+    found = _last_value(opts, lambda tok: tok == "-preset")
+    preset = found[1] if found else "medium"
+    bframes = X265_PRESETS.get(preset, X265_PRESETS["medium"])[0]
+    return bframes + 1
+
+
 def _adjust_output(out: FFmpegOutput, settings: Any) -> None:
     opts = out.options
     label = f"output {out.url}"
@@ -308,7 +319,10 @@ def _adjust_output(out: FFmpegOutput, settings: Any) -> None:
     encoder = video_encoder(out)
     if encoder in ("libx264", "libx265"):
         _lower_preset(opts, settings.preset, label)
-        _merge_params(opts, encoder[3:] + "-params", settings.rc_lookahead, label)
+        lookahead = settings.rc_lookahead
+        if encoder == "libx265":
+            lookahead = max(lookahead, _x265_min_lookahead(opts))
+        _merge_params(opts, encoder[3:] + "-params", lookahead, label)
     out.url = as_file_url(out.url)
 
 
