@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from montage.errors import FFmpegError, OutputError
+from montage.errors import OutputError
 from montage.video.assemble import Assembly, build_copy, build_pieces, build_transitions
 from montage.video.cutting import (
     FrameRange,
@@ -33,19 +33,14 @@ from montage.video.cutting import (
     on_keyframe_grid,
     snap,
 )
-from montage.video.pieces import EncodeSettings, Target, base_args, file_url
-from montage.video.runner import Job, JobRunner, ProgressCallback, WorkDir
+from montage.video.pieces import EncodeSettings, Target
+from montage.video.runner import JobRunner, ProgressCallback, WorkDir
 from montage.video.segments import VideoSegment
+from montage.video.verify import verify_join
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "copy", "accurate", "smart")
-# Outputs up to this long are verified by decoding them whole; longer ones only around each
-# seam (decoding starts at the keyframe before it, so the piece before and the start of the
-# piece after are both decoded): a 1080p decode runs at ~100 fps here, whole outputs would
-# double the cost of a smart cut.
-VERIFY_FULL_MAX_S = 20.0
-VERIFY_WINDOW_S = 1.0
 _X264_PROFILES = {
     "baseline": "baseline",
     "constrained baseline": "baseline",
@@ -247,7 +242,7 @@ class VideoEditor:
                 timescale=ts,
             )
             runner.run_all(plan.jobs, share=0.8)
-            why = _verify(ffmpeg, temp, plan, runner)
+            why = verify_join(ffmpeg, temp, plan, runner)
             if why is None:
                 return plan, "smart", reason
             log.warning(
@@ -392,28 +387,3 @@ def _smart_settings(source: SourceIndex, enc: EncodeSettings) -> EncodeSettings:
         )
     hevc_profile = profile.replace(" ", "") if profile in ("main", "main 10") else None
     return replace(enc, encoder=encoder, profile=hevc_profile, no_bframes=True)
-
-
-def _verify(ffmpeg: str, out: Path, plan: Assembly, runner: JobRunner) -> str | None:
-    """Why the smart-cut output cannot be trusted (frame count, decode errors), or None."""
-    import av
-
-    with av.open(str(out)) as container:
-        frames = sum(1 for p in container.demux(video=0) if p.size > 0)
-    if plan.expected_frames is not None and frames != plan.expected_frames:
-        return f"{frames} frames instead of {plan.expected_frames}"
-    windows: list[tuple[float, float] | None] = [None]
-    if plan.expected_duration_s > VERIFY_FULL_MAX_S:
-        windows = [(max(0.0, t - 0.1), VERIFY_WINDOW_S) for t in sorted(set(plan.seams_s))]
-    for window in windows:
-        cmd = [*base_args(ffmpeg), "-xerror"]
-        if window is not None:
-            cmd += ["-ss", f"{window[0]:.3f}", "-t", f"{window[1]:.3f}"]
-        cmd += ["-i", file_url(out), "-map", "0:v:0", "-f", "null", "-"]
-        try:
-            tail = runner.run(Job(cmd, "verify", 0.0, 0.0))
-        except FFmpegError as exc:
-            return f"decoding failed: {exc}"
-        if tail.strip():
-            return f"decoder reported: {tail.strip().splitlines()[-1]}"
-    return None

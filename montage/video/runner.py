@@ -6,6 +6,7 @@ whatever the number of segments. Each job is budgeted, capped and reaped by the 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from montage.ffmpeg.process import FFmpegProgress
 
+log = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], object]
 # Short jobs (most pieces) end within a few ms of the first poll; long ones are polled at
 # 10 Hz, the rate progress is worth reporting at.
@@ -65,6 +67,7 @@ class JobRunner:
 
         start = self._done
         weight = job.weight * scale
+        started_s = time.monotonic()
         latest_s = [0.0]
 
         def on_progress(p: FFmpegProgress) -> None:
@@ -84,6 +87,9 @@ class JobRunner:
             proc.wait()
         self.runs += 1
         self.peak_memory_mb = max(self.peak_memory_mb, float(proc.peak_memory_mb))
+        log.debug(
+            "%s: %.2f s, peak %.1f MiB", job.name, time.monotonic() - started_s, proc.peak_memory_mb
+        )
         self._done = start + weight
         self.report(self._done, job.name)
         return proc.stderr_tail

@@ -358,9 +358,9 @@ def test_smart_cut_of_hevc_is_exact(
 def test_smart_verifies_seam_windows_on_long_outputs(
     editor: VideoEditor, src6: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import montage.video.editor as editor_module
+    import montage.video.verify as verify_module
 
-    monkeypatch.setattr(editor_module, "VERIFY_FULL_MAX_S", 0.0)
+    monkeypatch.setattr(verify_module, "VERIFY_FULL_MAX_S", 0.0)
     out = tmp_path / "windows.mp4"
     report = editor.extract_and_concatenate_efficient(src6, three(src6), out, mode="smart")
     assert report.mode == "smart", report.fallback_reason
