@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from itertools import pairwise
@@ -48,6 +49,8 @@ def guess_job(argv: Sequence[str]) -> dict[str, Any]:
         elif flag == "-f":
             found["format"] = value
     codec = found.get("codec")
+    if codec is None and "-vn" in argv:
+        codec = "copy"  # no video is decoded or encoded: audio work is small, like a copy
     if codec == "copy":
         operation = "copy"
     elif codec in _DECODE_ONLY_CODECS or (codec is None and found.get("format") == "null"):
@@ -241,16 +244,19 @@ class FFmpegMemoryManager:
 
 
 def _is_memory_failure(exc: FFmpegError) -> bool:
+    """Our cap, the manager's preemption, or a SIGKILL from outside (the kernel's OOM killer).
+
+    Other signals are not memory: SIGXFSZ is a full disk or a file-size limit, SIGTERM a stop.
+    """
     if isinstance(exc, FFmpegMemoryExceeded):
         return True
-    killed_by_signal = exc.returncode is not None and exc.returncode < 0
-    return killed_by_signal and not isinstance(exc, FFmpegTimeoutError)
+    return exc.returncode == -signal.SIGKILL and not isinstance(exc, FFmpegTimeoutError)
 
 
 def _describe(exc: FFmpegError) -> str:
     if isinstance(exc, FFmpegMemoryExceeded):
         return f"peak {exc.peak_mb:.1f} MiB, cap {exc.limit_mb:.1f} MiB"
-    return f"killed by signal {-(exc.returncode or 0)}"
+    return "killed by SIGKILL (the kernel's OOM killer or another process)"
 
 
 def _gave_up(
@@ -258,7 +264,7 @@ def _gave_up(
 ) -> FFmpegError:
     history = f" after first failing ({_describe(first)})" if first is not None else ""
     message = (
-        f"ffmpeg ran out of memory with profile {profile.value} ({_describe(exc)}){history}; "
+        f"ffmpeg failed with profile {profile.value} ({_describe(exc)}){history}; "
         "give it a larger memory limit or a cheaper command"
     )
     if isinstance(exc, FFmpegMemoryExceeded):

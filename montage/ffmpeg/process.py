@@ -358,8 +358,7 @@ class FFmpegProcess:
                 FFmpegMemoryExceeded, f"failed to allocate memory (exit code {returncode})"
             )
         raise FFmpegError(
-            f"ffmpeg job {self.name!r} failed with exit code {returncode}: "
-            f"{_last_lines(self.stderr_tail)}",
+            f"ffmpeg job {self.name!r} {_exit_text(returncode)}: {_last_lines(self.stderr_tail)}",
             returncode=returncode,
             cmd=self.cmd,
             stderr_tail=self.stderr_tail,
@@ -367,6 +366,17 @@ class FFmpegProcess:
 
 
 _ALLOC_FAILURES = ("malloc failed", "Cannot allocate memory", "get_buffer() failed")
+
+
+def _exit_text(returncode: int) -> str:
+    """'failed with exit code 1', or 'was killed by SIGXFSZ (File size limit exceeded)'."""
+    if returncode >= 0:
+        return f"failed with exit code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name} ({signal.strsignal(-returncode) or 'unknown signal'})"
 
 
 def _last_lines(text: str, count: int = 5) -> str:
@@ -654,10 +664,11 @@ def memory_safe_ffmpeg(
     limit_mb = max_memory_mb if max_memory_mb is not None else current_budget_mb()
     manager = get_ffmpeg_memory_manager()
     need_mb = reserve_mb if reserve_mb is not None else manager.predict_need_mb(argv, video_path)
-    if limit_mb is not None:
-        need_mb = min(need_mb, limit_mb)
+    budget = get_memory_budget()
+    if limit_mb is not None:  # the cap stops it anyway: never ask for more than the cap admits
+        need_mb = min(need_mb, limit_mb * budget.usable_fraction)
     monitor = get_memory_monitor()
-    with get_memory_budget().reserve(need_mb, name, timeout=reserve_timeout) as reservation:
+    with budget.reserve(need_mb, name, timeout=reserve_timeout) as reservation:
         process = _spawn(
             argv, stdout=stdout, limit_mb=limit_mb, name=name, timeout_s=timeout,
             retriable=retriable, on_progress=on_progress, grace_s=grace_s,

@@ -104,6 +104,11 @@ class MemoryBudget:
         self._tickets = itertools.count()
 
     @property
+    def usable_fraction(self) -> float:
+        """The share of a budget that reservations may use (1 minus the headroom)."""
+        return 1.0 - self._headroom
+
+    @property
     def reserved_mb(self) -> float:
         """Sum of the outstanding estimates."""
         with self._cond:

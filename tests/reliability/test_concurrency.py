@@ -151,14 +151,6 @@ def test_four_processes_of_five_threads_stay_under_the_budget(
     _check(run, 20)
 
 
-@pytest.mark.xfail(
-    reason="ffmpeg/process.py memory_safe_ffmpeg clamps the reservation to the cap, not to the "
-    "usable budget (cap minus 10% headroom), and ffmpeg/manager.py guess_job predicts an "
-    "audio-only command (-vn, no video codec) as a 1080p libx264 encode (352 MiB): under a "
-    "150 MiB budget a 20 MiB audio extraction raises InsufficientMemoryError at once",
-    raises=InsufficientMemoryError,
-    strict=True,
-)
 def test_small_budget_admits_a_light_audio_job(clip: Path, tmp_path: Path) -> None:
     wav = tmp_path / "audio.wav"
     argv = ["ffmpeg", "-y", "-i", str(clip), "-vn", "-c:a", "pcm_s16le", str(wav)]

@@ -98,23 +98,12 @@ def test_file_size_limit_fails_cleanly(clip: Path, tmp_path: Path, kind: str) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tmp"], "stray files (a core?)"
 
 
-@pytest.mark.xfail(
-    reason="ffmpeg/process.py FFmpegProcess._finish: an ffmpeg killed by a signal is reported as "
-    "'failed with exit code -25: ' (empty stderr tail): the signal (SIGXFSZ, file too large) "
-    "is never named",
-    strict=True,
-)
 def test_file_size_limit_error_names_the_cause(clip: Path, tmp_path: Path) -> None:
     outcome, _ = _run_limited(clip, tmp_path, "accurate")
     message = outcome["message"]
     assert "SIGXFSZ" in message or "file size" in message.lower(), message
 
 
-@pytest.mark.xfail(
-    reason="ffmpeg/manager.py _is_memory_failure: any death by signal counts as out-of-memory, "
-    "so SIGXFSZ (file too large) is retried and reported as 'ran out of memory'",
-    strict=True,
-)
 def test_run_with_retry_does_not_call_a_full_disk_out_of_memory(clip: Path, tmp_path: Path) -> None:
     outcome, _ = _run_limited(clip, tmp_path, "retry")
     assert outcome["ok"] is False
