@@ -22,7 +22,6 @@ from typing import Any
 import psutil
 import pytest
 
-from montage.errors import InsufficientMemoryError
 from montage.ffmpeg.process import run_ffmpeg
 from montage.memory.monitor import memory_guard
 
