@@ -61,7 +61,7 @@ def assemble() -> int:
     )
     sections = [
         (RESULTS / f"{name}.md").read_text().strip()
-        for name in available() + ["soak"]
+        for name in [*available(), "soak"]
         if (RESULTS / f"{name}.md").is_file()
     ]
     seen: list[str] = []
