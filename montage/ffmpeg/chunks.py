@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from montage.errors import ConfigError, FFmpegError, MontageError, OutputError
+from montage.errors import (
+    ConfigError,
+    FFmpegError,
+    MontageError,
+    NoVideoStreamError,
+    OutputError,
+)
 
 if TYPE_CHECKING:
     from montage.ffmpeg.probe import MediaInfo
@@ -125,6 +131,8 @@ def scan_video(path: str | Path) -> VideoIndex:
 
     url = "file:" + str(Path(path).resolve())
     with av.open(url, options={"protocol_whitelist": "file"}) as container:
+        if not container.streams.video:
+            raise NoVideoStreamError(str(path), f"{path} has no video stream to chunk")
         stream = container.streams.video[0]
         tb = stream.time_base
         count, keyframes, first_pts, end_pts = 0, [], None, None
@@ -269,6 +277,8 @@ def _check_paths(job: _ChunkedJob) -> tuple[Path, Path]:
         raise OutputError(f"output {job.dst} is the input file; choose another output path")
     if dst.exists() and not job.overwrite:
         raise OutputError(f"output {job.dst} exists; remove it or pass overwrite=True")
+    if not dst.suffix:
+        raise OutputError(f"output {job.dst} needs a suffix (.mp4, .mkv...) to pick its format")
     if not dst.parent.is_dir():
         raise OutputError(f"output folder {dst.parent} does not exist")
     return src, dst

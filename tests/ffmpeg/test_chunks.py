@@ -27,6 +27,7 @@ from montage.ffmpeg.chunks import (
     scan_video,
     transcode_in_chunks,
 )
+from montage.resources import montage_temp_root
 from tests.conftest import MakeClip
 
 X264_ARGS = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
@@ -270,6 +271,8 @@ def test_awkward_file_names(short_clip: Path, tmp_path: Path) -> None:
     report = transcode_in_chunks(src, out, [*X264_ARGS, *AAC_ARGS], chunk_duration=10)
     assert report.chunks == 3 and report.output_frames == 750
     assert sorted(p.name for p in folder.iterdir()) == sorted([src.name, out.name])
+    # a "%" in the folder sends the chunks to the per-process temp folder: cleaned there too
+    assert not list(montage_temp_root().glob(".montage-chunks-*"))
 
 
 def test_input_without_audio(make_clip: MakeClip, out_dir: Path) -> None:
