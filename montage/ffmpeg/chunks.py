@@ -466,10 +466,6 @@ def _plan(job: _ChunkedJob, src: Path) -> tuple[MediaInfo, VideoIndex, ChunkPlan
     return media, index, plan, chunk_s
 
 
-def _audio_mode(job: _ChunkedJob, media: MediaInfo) -> str:
-    return job.audio if media.has_audio else "absent"
-
-
 def _join(
     work: Path, outs: Sequence[Path], audio_src: Path | None, target: Path, muxer: Sequence[str]
 ) -> None:
@@ -536,7 +532,7 @@ def _run_chunked(job: _ChunkedJob) -> ChunkReport:
     src, dst = _check_paths(job)
     media, index, plan, chunk_s = _plan(job, src)
     workers = max(1, job.max_workers or min(cpu_count(), plan.chunks))
-    audio = _audio_mode(job, media)
+    audio = job.audio if media.has_audio else "absent"
     logger.info(
         "chunking %s: %d frames, %.1f s -> %d chunks of ~%.0f s, %d workers, audio %s",
         src.name,

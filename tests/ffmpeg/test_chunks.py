@@ -324,3 +324,22 @@ def test_refuses_unknown_audio_mode(short_clip: Path, out_dir: Path) -> None:
         transcode_in_chunks(short_clip, out_dir / "x.mp4", X264_ARGS, audio="per-chunk")
     with pytest.raises(ConfigError):
         process_video_chunks(short_clip, out_dir / "x.mp4", lambda a, b: None, audio="once")
+
+
+def test_b_frames_in_and_out_stay_exact(make_clip: MakeClip, out_dir: Path) -> None:
+    """B-frames reorder packets (pts != dts, edit lists in mp4): cuts and joins stay exact."""
+    src = make_clip(duration=20, size="160x120", gop=30, extra=("-preset", "veryfast"))
+    import av
+
+    with av.open(str(src)) as container:
+        reordered = any(p.pts != p.dts for p in container.demux(video=0) if p.size)
+    assert reordered, "the source should have B-frames"
+    out = out_dir / "bframes.mp4"
+    args = ["-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac"]
+    report = transcode_in_chunks(src, out, args, chunk_duration=5)
+    assert report.chunks == 4
+    src_pts, out_pts = _video_frames(src), _video_frames(out)
+    assert len(out_pts) == len(src_pts) == 500
+    assert len({b - a for a, b in itertools.pairwise(out_pts)}) == 1
+    _, audio_pts = _audio_frames(out)
+    assert {b - a for a, b in itertools.pairwise(audio_pts)} == {1024}
