@@ -182,7 +182,7 @@ def process_video_chunks(
     max_workers: int | None = None,
     progress: ProgressCallback | None = None,
     audio: str = "copy",
-    overwrite: bool = False,
+    overwrite: bool = True,
 ) -> bool:
     """Run ``processing_function`` on each video chunk of ``input_path``; join into ``output_path``.
 
@@ -225,7 +225,7 @@ def transcode_in_chunks(
     max_workers: int | None = None,
     audio: str = "once",
     progress: ProgressCallback | None = None,
-    overwrite: bool = False,
+    overwrite: bool = True,
 ) -> ChunkReport:
     """Encode ``input_path`` with ffmpeg ``output_args`` chunk by chunk, exactly.
 
@@ -276,7 +276,9 @@ def _check_paths(job: _ChunkedJob) -> tuple[Path, Path]:
     if src == dst or (dst.exists() and os.path.samefile(src, dst)):
         raise OutputError(f"output {job.dst} is the input file; choose another output path")
     if dst.exists() and not job.overwrite:
-        raise OutputError(f"output {job.dst} exists; remove it or pass overwrite=True")
+        raise OutputError(
+            f"output {job.dst} exists and overwrite=False; remove it or allow overwriting"
+        )
     if not dst.suffix:
         raise OutputError(f"output {job.dst} needs a suffix (.mp4, .mkv...) to pick its format")
     if not dst.parent.is_dir():

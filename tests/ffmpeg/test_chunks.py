@@ -300,11 +300,10 @@ def test_refuses_existing_output_unless_overwrite(short_clip: Path, out_dir: Pat
     out = out_dir / "exists.mp4"
     out.write_bytes(b"precious")
     with pytest.raises(OutputError):
-        transcode_in_chunks(short_clip, out, X264_ARGS, audio="none")
+        transcode_in_chunks(short_clip, out, X264_ARGS, audio="none", overwrite=False)
     assert out.read_bytes() == b"precious"
-    report = transcode_in_chunks(
-        short_clip, out, X264_ARGS, audio="copy", chunk_duration=15, overwrite=True
-    )
+    # the library default, like Python libraries: replaced, but only by a complete new file
+    report = transcode_in_chunks(short_clip, out, X264_ARGS, audio="copy", chunk_duration=15)
     assert report.output_frames == 750 and out.stat().st_size > 1000
 
 
