@@ -3,7 +3,7 @@
 Why: the budget admits ffmpeg children by their *predicted* peak, so the model's error is the
 margin every reservation needs. Each case runs the real ffmpeg (the one ``montage`` would use)
 on a clip generated here with lavfi ``testsrc2`` + ``sine``; the peak is the child's
-``ru_maxrss`` from ``os.wait4`` (the kernel's exact high-water mark of its RSS).
+``VmHWM`` of the ffmpeg process (the kernel's high-water mark of its own RSS), polled every 5 ms.
 
 Run: ``.venv/bin/python benchmarks/bench_model.py [--runs 3] [--quick]``; prints Markdown.
 """
@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,21 +68,42 @@ def ffmpeg_exe() -> str:
 
 
 def peak_rss_mb(argv: Sequence[str]) -> float:
-    """Run ``argv`` to completion; its peak RSS in MiB from ``os.wait4`` (ru_maxrss is KiB)."""
+    """Run ``argv`` to completion; its peak RSS in MiB: ``VmHWM`` polled every 5 ms.
+
+    Not ``wait4``'s ``ru_maxrss``: that also counts the RSS the child inherited from this
+    Python process at fork, which inflates small peaks (stream copy, decode).
+    """
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    drained: list[bytes] = []
+    drain = threading.Thread(target=lambda: drained.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    peak_kib = 0
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        while proc.poll() is None:
+            peak_kib = max(peak_kib, _vm_hwm_kib(proc.pid))
+            time.sleep(0.005)
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
+    drain.join()
+    proc.stderr.close()
     if proc.returncode != 0:
+        stderr = b"".join(drained).decode(errors="replace")
         raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {' '.join(argv)}\n{stderr[-800:]}")
-    return usage.ru_maxrss / 1024.0
+    return peak_kib / 1024.0
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def make_input(exe: str, folder: Path, resolution: str, seconds: float) -> Path:
@@ -227,7 +249,7 @@ def report(
         f"Machine: {platform.machine()}, {cpu_count()} CPUs available, Linux {platform.release()}; "
         f"{version}.",
         f"Command: `.venv/bin/python benchmarks/bench_model.py --runs {runs}`. Peak = child's "
-        "`ru_maxrss` from `os.wait4`, median of "
+        "`VmHWM` polled every 5 ms, median of "
         f"{runs} runs. Inputs: 4 s lavfi testsrc2 + sine (2 s at 2160p), H.264 preset fast + AAC; "
         "encodes also re-encode the audio to AAC and write to `-f null`.",
         "",

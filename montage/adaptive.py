@@ -347,7 +347,7 @@ def plan_processing(
         quality_preset=preset,
         ffmpeg_profile=profile,
         use_chunking=use_chunking,
-        estimated_peak_mb=round(per_job_mb * workers, 1),
+        estimated_peak_mb=round(round(per_job_mb, 1) * workers, 1),
         memory_limit_mb=round(float(memory_limit_mb), 1),
         available_mb=round(float(available_mb), 1),
         per_job_peak_mb=round(per_job_mb, 1),

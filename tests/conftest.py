@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
@@ -106,3 +107,23 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"{SHARED_DIR} is absent (a user's clone has no ../shared)")
     return SHARED_DIR
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_child_processes() -> object:
+    """Every test must reap what it starts: a child left running fails the test that left it."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    leaked = [p for p in me.children(recursive=True) if p.pid not in before]
+    _, alive = psutil.wait_procs(leaked, timeout=3)
+    if alive:
+        names = []
+        for proc in alive:
+            try:
+                names.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
+            except psutil.Error:
+                continue
+            proc.kill()
+        if names:
+            pytest.fail("child processes left running:\n" + "\n".join(names))

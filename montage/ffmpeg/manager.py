@@ -256,7 +256,7 @@ def _is_memory_failure(exc: FFmpegError) -> bool:
 def _describe(exc: FFmpegError) -> str:
     if isinstance(exc, FFmpegMemoryExceeded):
         return f"peak {exc.peak_mb:.1f} MiB, cap {exc.limit_mb:.1f} MiB"
-    return "killed by SIGKILL (the kernel's OOM killer or another process)"
+    return "killed by SIGKILL (signal 9: the kernel's OOM killer or another process)"
 
 
 def _gave_up(

@@ -31,6 +31,8 @@ logger = logging.getLogger("montage.memory")
 MIB = 1024 * 1024
 RECHECK_S = 0.1  # usage changes without a release: re-check this often while waiting
 WAIT_LOG_S = 30.0  # a waiter without timeout says who blocks it this often
+NOTHING_TO_WAIT_FOR_S = 15.0
+"""How long a request waits when no reservation is held and it still does not fit."""
 
 
 def _pid_identity(pid: int) -> float | None:
@@ -160,6 +162,7 @@ class MemoryBudget:
     def _admit(self, mb: float, name: str, timeout: float | None) -> Reservation:
         deadline = None if timeout is None else time.monotonic() + timeout
         next_log = time.monotonic() + WAIT_LOG_S
+        hopeless_since: float | None = None
         with self._cond:
             ticket = next(self._tickets)
             self._queue.append(ticket)
@@ -178,6 +181,23 @@ class MemoryBudget:
                         self._active.append(reservation)
                         return reservation
                     now = time.monotonic()
+                    # Nothing is reserved, so no release will make room: only memory used
+                    # outside reservations can shrink. Give that a while, then say so.
+                    if self._active or self._queue[0] != ticket:
+                        hopeless_since = None
+                    elif hopeless_since is None:
+                        hopeless_since = now
+                    elif now - hopeless_since >= NOTHING_TO_WAIT_FOR_S:
+                        why = (
+                            f"no reservation is held, yet {snap.usable_mb - snap.free_mb:.0f} MiB "
+                            f"of the budget stayed in use for {NOTHING_TO_WAIT_FOR_S:.0f} s "
+                            "(by this process tree outside reservations)"
+                        )
+                        raise InsufficientMemoryError(
+                            self._describe(mb, name, snap, why),
+                            requested_mb=mb,
+                            free_mb=max(snap.free_mb, 0.0),
+                        )
                     if deadline is not None and now >= deadline:
                         why = f"timed out after {timeout:.1f} s"
                         raise InsufficientMemoryError(
