@@ -385,3 +385,21 @@ def get_resource_status() -> dict[str, Any]:
         "total_size_bytes": sum(int(item["size_bytes"]) for item in items),
         "signal_handlers_installed": signal_handlers_installed(),
     }
+
+
+def release_freed_memory() -> bool:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``); False where unsupported.
+
+    Why: opening a long MP4 (PyAV probe) reads its whole sample index; once closed, glibc keeps
+    the pages, so RSS would grow with the file's length though nothing uses them.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

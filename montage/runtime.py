@@ -10,8 +10,6 @@ is serialised by a lock, so calling it twice (or from two threads) is harmless.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import importlib
 import logging
@@ -219,15 +217,9 @@ def get_memory_status() -> dict[str, Any]:
 
 
 def _malloc_trim() -> bool:
-    """Hand freed heap pages back to the OS (glibc); False where unsupported."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    from montage.resources import release_freed_memory
+
+    return release_freed_memory()
 
 
 def force_memory_cleanup() -> dict[str, Any]:

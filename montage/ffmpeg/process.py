@@ -597,7 +597,12 @@ def _plan_progress(argv: list[str], *, stdout_wanted: bool) -> _ProgressPlan:
 
 
 def _spawn(
-    argv: list[str], *, stdout: Any, limit_mb: float | None, **options: Any
+    argv: list[str],
+    *,
+    stdout: Any,
+    limit_mb: float | None,
+    pass_fds: Sequence[int] = (),
+    **options: Any,
 ) -> FFmpegProcess:
     plan = _plan_progress(argv, stdout_wanted=stdout is not None)
     data_bytes = None if limit_mb is None else data_limit_bytes(limit_mb)
@@ -607,7 +612,7 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if plan.on_stdout else stdout,
             stderr=subprocess.PIPE,
-            pass_fds=() if plan.write_fd is None else (plan.write_fd,),
+            pass_fds=(*pass_fds, *(() if plan.write_fd is None else (plan.write_fd,))),
             start_new_session=True,
             preexec_fn=_make_preexec(data_bytes),
         )
@@ -642,6 +647,7 @@ def memory_safe_ffmpeg(
     stdout: Any = None,
     reserve_timeout: float | None = 600.0,
     grace_s: float = TERMINATE_GRACE_S,
+    pass_fds: Sequence[int] = (),
 ) -> Iterator[FFmpegProcess]:
     """Run ``cmd`` as a memory-capped, watched ffmpeg child for the duration of the block.
 
@@ -649,7 +655,8 @@ def memory_safe_ffmpeg(
     none (peak still recorded). The predicted need (``reserve_mb``, else the model from
     ``video_path``'s probe and the argv) is reserved in the budget first, waiting up to
     ``reserve_timeout`` s. ``timeout`` is the job's whole wall-clock allowance. Pass
-    ``stdout=subprocess.PIPE`` to read ffmpeg's stdout from ``process.stdout``.
+    ``stdout=subprocess.PIPE`` to read ffmpeg's stdout from ``process.stdout``, and
+    ``pass_fds`` to hand ffmpeg more pipe ends (``pipe:N`` outputs; the caller closes its copy).
     Leaving the block normally waits for ffmpeg; leaving it by an exception stops it (SIGTERM,
     ``grace_s``, SIGKILL). Either way it is reaped and its pipes and reservation released.
     """
@@ -671,7 +678,7 @@ def memory_safe_ffmpeg(
     with budget.reserve(need_mb, name, timeout=reserve_timeout) as reservation:
         process = _spawn(
             argv, stdout=stdout, limit_mb=limit_mb, name=name, timeout_s=timeout,
-            retriable=retriable, on_progress=on_progress, grace_s=grace_s,
+            retriable=retriable, on_progress=on_progress, grace_s=grace_s, pass_fds=pass_fds,
         )  # fmt: skip
         try:
             reservation.attach_pid(process.pid)

@@ -1,28 +1,29 @@
 """Streaming, bounded-memory video analysis: one decode pass, constant memory.
 
-``analyze_video`` decodes the file in ffmpeg children (run through ``memory_safe_ffmpeg``, so
-they are budgeted, capped and always reaped) that write tiny grey frames (64x36) and 16 kHz mono
-PCM to pipes. Python keeps one previous frame and per-window sums, never the video: memory does
-not grow with the file's length. Large files (by the adaptive config) are split into time
-ranges analysed in parallel, as many at a time as the memory budget admits; the ranges overlap
-by one frame so a cut on a range boundary is still seen, and their results are merged so they
-match a single pass.
+``analyze_video`` decodes the file in ffmpeg children (``video/decode.py``: one per time range,
+run through ``memory_safe_ffmpeg``, so they are budgeted, capped and always reaped) that write
+tiny grey frames (64x36) and 16 kHz mono PCM to pipes. Python keeps one previous frame and
+per-window sums, never the video: memory does not grow with the file's length. Large files
+(by the adaptive config) are split into time ranges analysed in parallel, as many at a time as
+the memory budget admits; the ranges overlap by one frame so a cut on a range boundary is still
+seen, and their results are merged so they match a single pass.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import subprocess
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from montage.resources import release_freed_memory
+from montage.video.decode import AUDIO_RATE, RangePlan, decode_range, frame_rate, plan_ranges
 from montage.video.signals import (
     HighlightCandidate,
     SceneDetector,
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[float, str], None]
 
-FRAME_W, FRAME_H = 64, 36
-AUDIO_RATE = 16000
-AUDIO_BLOCK_S = 0.05
 MIN_RANGE_S = 20.0
 
 
@@ -117,8 +115,9 @@ def analyze_video(
     path = Path(info.path)
     config = get_safe_processing_config(path, memory_limit_mb=memory_limit_mb, operation="analyze")
     n_ranges = ranges or _range_count(info.duration_s, config.use_chunking, config.max_workers)
-    spans = _split(info, n_ranges)
     keyframes = keyframe_times(path) if fast else None
+    release_freed_memory()  # the probe read the whole sample index: give those pages back
+    spans = plan_ranges(info, n_ranges, keyframes)
     tracker = _Progress(progress, _expected_frames(info, keyframes))
 
     before = _fingerprint(path)
@@ -127,11 +126,12 @@ def analyze_video(
         hasher = threading.Thread(target=lambda: digest.append(_sha256(path)), daemon=True)
         hasher.start()
         workers = max(1, min(config.max_workers, len(spans)))
+        threads = _decoder_threads(workers)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="montage-analyze") as pool:
             parts = list(
                 pool.map(
-                    lambda span: _analyze_range(
-                        info, span, window_s, keyframes, scene_threshold, tracker
+                    lambda plan: _analyze_range(
+                        info, plan, window_s, scene_threshold, threads, tracker
                     ),
                     spans,
                 )
@@ -190,24 +190,18 @@ def _range_count(duration_s: float, chunked: bool, workers: int) -> int:
     return max(1, min(workers, int(duration_s // MIN_RANGE_S)))
 
 
-def _frame_rate(info: MediaInfo) -> Fraction:
-    video = info.video
-    fps = video.frame_rate if video and video.frame_rate else 25.0
-    return Fraction(fps).limit_denominator(1001)
-
-
-def _split(info: MediaInfo, n: int) -> list[tuple[float, float]]:
-    """Frame-aligned [start, end) spans covering the file."""
-    fps = _frame_rate(info)
-    total_frames = max(1, round(info.duration_s * fps))
-    bounds = [round(total_frames * k / n) for k in range(n + 1)]
-    return [(float(bounds[k] / fps), float(bounds[k + 1] / fps)) for k in range(n)]
+def _decoder_threads(workers: int) -> int:
+    """Auto (0) for one child; else split the cores so parallel ranges don't oversubscribe."""
+    if workers <= 1:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
 
 
 def _expected_frames(info: MediaInfo, keyframes: list[float] | None) -> int:
     if keyframes is not None:
         return max(1, len(keyframes))
-    return max(1, round(info.duration_s * _frame_rate(info)))
+    return max(1, round(info.duration_s * frame_rate(info)))
 
 
 class _Progress:
@@ -217,7 +211,7 @@ class _Progress:
         self._lock = threading.Lock()
 
     def add(self, frames: int) -> None:
-        if self._callback is None:
+        if self._callback is None or frames <= 0:
             return
         with self._lock:
             self._done += frames
@@ -227,155 +221,47 @@ class _Progress:
 
 def _analyze_range(
     info: MediaInfo,
-    span: tuple[float, float],
+    plan: RangePlan,
     window_s: float,
-    keyframes: list[float] | None,
     scene_threshold: float,
+    threads: int,
     tracker: _Progress,
 ) -> _RangeResult:
+    """Cuts and motion from the frames, RMS and silence from the audio, for one range."""
     result = _RangeResult(motion=WindowAccumulator(window_s), audio=WindowAccumulator(window_s))
-    _video_pass(info, span, keyframes, scene_threshold, result, tracker)
-    if info.has_audio:
-        _audio_pass(info, span, result)
-    return result
-
-
-def _video_pass(
-    info: MediaInfo,
-    span: tuple[float, float],
-    keyframes: list[float] | None,
-    scene_threshold: float,
-    result: _RangeResult,
-    tracker: _Progress,
-) -> None:
-    from montage.ffmpeg.binary import ffmpeg_path
-    from montage.ffmpeg.process import memory_safe_ffmpeg
-
-    fps = _frame_rate(info)
-    start, end = span
-    lead = float(1 / fps) if start > 0 and keyframes is None else 0.0
-    seek = max(0.0, start - lead)
-    cmd = [ffmpeg_path(), "-nostdin", "-hide_banner", "-loglevel", "error"]
-    if keyframes is not None:
-        cmd += ["-skip_frame", "nokey"]
-    cmd += [*_seek_args(seek, end, info), "-i", f"file:{info.path}", "-map", "0:v:0"]
-    cmd += ["-vf", f"scale={FRAME_W}:{FRAME_H}:flags=area,format=gray"]
-    cmd += (
-        ["-fps_mode", "passthrough"]
-        if keyframes is not None
-        else ["-fps_mode", "cfr", "-r", str(fps)]
-    )
-    cmd += ["-f", "rawvideo", "pipe:1"]
-    times = _frame_times(seek, fps, keyframes, start, end)
+    motion, audio = result.motion, result.audio
+    assert motion is not None and audio is not None
     detector = SceneDetector(threshold=scene_threshold)
-    motion = result.motion
-    assert motion is not None
-    previous = None
-    with memory_safe_ffmpeg(
-        cmd, video_path=info.path, name="analyze-video", stdout=subprocess.PIPE
-    ) as proc:
-        assert proc.stdout is not None
-        pending = 0
-        for index, frame in enumerate(_read_frames(proc.stdout)):
-            time_s = next(times)
-            if previous is not None:
-                diff = frame_difference(frame, previous)
-                if time_s >= start - 1e-9 and not detector.push(time_s, diff):
-                    motion.add(time_s, diff)
-            previous = frame
-            if time_s >= start - 1e-9:
-                result.frames += 1
-                pending += 1
-            if pending >= 50 or index == 0:
-                tracker.add(pending)
-                pending = 0
-        tracker.add(pending)
-        proc.wait()
-    result.cuts = list(detector.cuts)
-    result.peak_memory_mb = max(result.peak_memory_mb, proc.peak_memory_mb)
-
-
-def _seek_args(seek: float, end: float, info: MediaInfo) -> list[str]:
-    args = []
-    if seek > 0:
-        args += ["-ss", f"{seek:.6f}"]
-    if end < info.duration_s - 1e-6:
-        args += ["-t", f"{end - seek:.6f}"]
-    return args
-
-
-def _frame_times(
-    seek: float, fps: Fraction, keyframes: list[float] | None, start: float, end: float
-) -> Iterator[float]:
-    if keyframes is not None:
-        yield from (k for k in keyframes if start - 1e-6 <= k < end - 1e-6)
-        while True:  # more frames than keyframes seen: extrapolate (never hit on clean files)
-            yield end
-    index = 0
-    while True:
-        yield round(seek + float(index / fps), 6)
-        index += 1
-
-
-def _read_frames(stream: IO[bytes]) -> Iterator[Any]:
-    import numpy as np
-
-    size = FRAME_W * FRAME_H
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    while True:
-        filled = 0
-        while filled < size:
-            n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
-            if not n:
-                return
-            filled += n
-        yield np.frombuffer(buffer, dtype=np.uint8).copy()
-
-
-def _audio_pass(info: MediaInfo, span: tuple[float, float], result: _RangeResult) -> None:
-    import numpy as np
-
-    from montage.ffmpeg.binary import ffmpeg_path
-    from montage.ffmpeg.process import memory_safe_ffmpeg
-
-    # align to audio blocks so parallel ranges cut the same blocks as a single pass
-    start = round(span[0] / AUDIO_BLOCK_S) * AUDIO_BLOCK_S
-    end = (
-        span[1]
-        if span[1] >= info.duration_s - 1e-6
-        else round(span[1] / AUDIO_BLOCK_S) * AUDIO_BLOCK_S
-    )
-    cmd = [ffmpeg_path(), "-nostdin", "-hide_banner", "-loglevel", "error"]
-    cmd += [*_seek_args(start, end, info), "-i", f"file:{info.path}", "-map", "0:a:0", "-vn"]
-    cmd += ["-ac", "1", "-ar", str(AUDIO_RATE), "-f", "s16le", "pipe:1"]
-    block_bytes = int(AUDIO_RATE * AUDIO_BLOCK_S) * 2
-    audio = result.audio
-    assert audio is not None
     silence = SilenceTracker(min_silence_s=0.0)
-    offset = 0
-    with memory_safe_ffmpeg(
-        cmd,
-        video_path=info.path,
-        name="analyze-audio",
-        stdout=subprocess.PIPE,
-        reserve_mb=64.0,
-    ) as proc:
-        assert proc.stdout is not None
-        while True:
-            data = proc.stdout.read(block_bytes)
-            if not data:
-                break
-            samples = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float64)
-            samples /= 32768.0
-            t = start + offset / AUDIO_RATE
-            sq = float(np.dot(samples, samples))
-            audio.add(t, sq, len(samples))
-            silence.push(t, len(samples) / AUDIO_RATE, rms_dbfs(sq, len(samples)))
-            offset += len(samples)
-        proc.wait()
+    previous: list[Any] = []
+    pending = [0]
+
+    def on_frame(time_s: float, frame: Any) -> None:
+        if previous:
+            diff = frame_difference(frame, previous[0])
+            if time_s >= plan.start - 1e-9 and not detector.push(time_s, diff):
+                motion.add(time_s, diff)
+        previous[:] = [frame]
+        if time_s >= plan.start - 1e-9:
+            result.frames += 1
+            pending[0] += 1
+            if pending[0] >= 50:
+                tracker.add(pending[0])
+                pending[0] = 0
+
+    def on_audio(start_s: float, samples: Any) -> None:
+        sum_squares = float(samples @ samples)
+        audio.add(start_s, sum_squares, len(samples))
+        silence.push(start_s, len(samples) / AUDIO_RATE, rms_dbfs(sum_squares, len(samples)))
+
+    result.peak_memory_mb = decode_range(
+        info, plan, threads=threads, on_frame=on_frame,
+        on_audio=on_audio if info.has_audio else None,
+    )  # fmt: skip
+    tracker.add(pending[0])
+    result.cuts = list(detector.cuts)
     result.silent_runs = silence.finish()
-    result.peak_memory_mb = max(result.peak_memory_mb, proc.peak_memory_mb)
+    return result
 
 
 def _sha256(path: Path) -> str:
