@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class JobRunner:
         start = self._done
         weight = job.weight * scale
         started_s = time.monotonic()
+        hwm_before_mb = _children_hwm_mb()
         latest_s = [0.0]
 
         def on_progress(p: FFmpegProgress) -> None:
@@ -86,10 +88,9 @@ class JobRunner:
                     self.report(start + weight * done, job.name)
             proc.wait()
         self.runs += 1
-        self.peak_memory_mb = max(self.peak_memory_mb, float(proc.peak_memory_mb))
-        log.debug(
-            "%s: %.2f s, peak %.1f MiB", job.name, time.monotonic() - started_s, proc.peak_memory_mb
-        )
+        peak_mb = max(float(proc.peak_memory_mb), _kernel_peak_mb(hwm_before_mb))
+        self.peak_memory_mb = max(self.peak_memory_mb, peak_mb)
+        log.debug("%s: %.2f s, peak %.1f MiB", job.name, time.monotonic() - started_s, peak_mb)
         self._done = start + weight
         self.report(self._done, job.name)
         return proc.stderr_tail
@@ -100,6 +101,22 @@ class JobRunner:
         self._reported = value
         if self.progress is not None:
             self.progress(value, message)
+
+
+def _children_hwm_mb() -> float:
+    """The kernel's high-water RSS over every child this process has reaped (MiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def _kernel_peak_mb(before_mb: float) -> float:
+    """The job's peak by the kernel, when it set a new high for our children; else 0.
+
+    The tree sampler polls, so a job of a few ms can end between samples and look smaller
+    than it was; the kernel's ``ru_maxrss`` cannot miss it, but it only tells us about a
+    job whose peak beat every earlier child's.
+    """
+    after_mb = _children_hwm_mb()
+    return after_mb if after_mb > before_mb else 0.0
 
 
 class WorkDir:
