@@ -36,7 +36,7 @@ from montage.video.cutting import (
 from montage.video.pieces import EncodeSettings, Target
 from montage.video.runner import JobRunner, ProgressCallback, WorkDir
 from montage.video.segments import VideoSegment
-from montage.video.verify import verify_join
+from montage.video.verify import check_duration, check_sources_unchanged, fingerprint, verify_join
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class VideoEditor:
                 infos[path.resolve()] = probe(path, require_video=True)
         out = Path(os.fspath(output_file))
         _check_output(out, [Path(os.fspath(input_file)), *(s.path for s in segments)], overwrite)
+        fingerprints = {path: fingerprint(path) for path in infos}
         clamped = [s.clamp_to(infos[s.path.resolve()].duration_s, strict=strict) for s in segments]
         durations = {key: info.duration_s for key, info in infos.items()}
         # copy needs only the packets around each cut; anything else needs every frame
@@ -141,6 +142,7 @@ class VideoEditor:
             runner,
             transition_duration if apply_transitions else 0,
             overwrite=overwrite,
+            fingerprints=fingerprints,
         )
         from montage.ffmpeg.probe import probe as probe_output
 
@@ -175,6 +177,7 @@ class VideoEditor:
         fade_s: float,
         *,
         overwrite: bool,
+        fingerprints: dict[Path, tuple[int, int]],
     ) -> tuple[Assembly, str, str | None]:
         """Build and run the plan into a temp file beside ``out``, then rename it into place."""
         from montage.resources import managed_temp_directory, register_cleanup, unregister_cleanup
@@ -186,6 +189,8 @@ class VideoEditor:
                 plan, used, reason = self._run_mode(
                     WorkDir(folder), ranges, temp, mode, reason, runner, fade_s
                 )
+            check_sources_unchanged(fingerprints)
+            check_duration(temp, plan.expected_duration_s, used, ranges)
             _publish(temp, out, overwrite)
         finally:
             temp.unlink(missing_ok=True)

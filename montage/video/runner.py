@@ -64,6 +64,17 @@ class JobRunner:
         *this* thread, so an exception it raises (Ctrl-C, a cancel) stops the job and
         propagates like any other, with the child stopped and reaped by the ffmpeg layer.
         """
+        from montage.errors import FFmpegError
+
+        try:
+            return self._run_once(job, scale)
+        except FFmpegError as error:
+            if not _killed_for_memory(error):
+                raise
+            log.warning("%s was killed (%s); running it once more", job.name, error)
+            return self._run_once(job, scale)
+
+    def _run_once(self, job: Job, scale: float) -> str:
         from montage.ffmpeg.process import memory_safe_ffmpeg
 
         start = self._done
@@ -101,6 +112,20 @@ class JobRunner:
         self._reported = value
         if self.progress is not None:
             self.progress(value, message)
+
+
+def _killed_for_memory(error: Exception) -> bool:
+    """Preempted by the manager under CRITICAL pressure, or SIGKILLed from outside (the
+    kernel's OOM killer): worth one more run once memory is back, since every piece writes
+    with ``-y`` to its own temp name. A job over its own cap would only fail again."""
+    from montage.errors import FFmpegMemoryExceeded, FFmpegTimeoutError
+    from montage.ffmpeg.process import FFmpegJobPreempted
+
+    if isinstance(error, FFmpegJobPreempted):
+        return True
+    if isinstance(error, (FFmpegMemoryExceeded, FFmpegTimeoutError)):
+        return False
+    return getattr(error, "returncode", None) == -9
 
 
 def _children_hwm_mb() -> float:

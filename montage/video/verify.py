@@ -1,4 +1,7 @@
-"""Is a smart-cut join trustworthy? Count its frames and decode it where pieces meet.
+"""Is an edit's result trustworthy before it is published?
+
+Its inputs must not have changed while read, a re-encoded result must be as long as planned,
+and a smart-cut join must decode: count its frames and decode it where pieces meet.
 
 A smart cut puts re-encoded pieces between stream-copied GOPs; if any parameter did not
 match, decoders show garbage from the first frame after a seam. ``-xerror`` turns the first
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from montage.errors import FFmpegError
 from montage.video.assemble import Assembly
+from montage.video.cutting import FrameRange
 from montage.video.pieces import base_args, file_url
 from montage.video.runner import Job, JobRunner
 
@@ -58,3 +62,41 @@ def verify_join(ffmpeg: str, out: Path, plan: Assembly, runner: JobRunner) -> st
         if tail.strip():
             return f"decoder reported: {tail.strip().splitlines()[-1]}"
     return None
+
+
+def fingerprint(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def check_sources_unchanged(fingerprints: dict[Path, tuple[int, int]]) -> None:
+    """An input truncated, rewritten or deleted while we read it gives no output at all."""
+    from montage.errors import CorruptMediaError
+
+    for path, before in fingerprints.items():
+        if fingerprint(path) != before:
+            raise CorruptMediaError(
+                str(path),
+                f"{path} changed or disappeared while it was being read; no output was "
+                "written: edit a copy that nothing else is writing",
+            )
+
+
+def check_duration(temp: Path, expected_s: float, mode: str, ranges: list[FrameRange]) -> None:
+    """A re-encoded result must be as long as planned (copy snaps to keyframes: not checked)."""
+    from montage.errors import CorruptMediaError
+    from montage.ffmpeg.probe import probe
+
+    if mode == "copy":
+        return
+    actual_s = probe(temp).duration_s
+    if abs(actual_s - expected_s) > max(0.25, 0.02 * expected_s):
+        source = str(ranges[0].source.path) if ranges else str(temp)
+        raise CorruptMediaError(
+            source,
+            f"the edit came out {actual_s:.2f} s long instead of {expected_s:.2f} s: decoding "
+            f"{source} ended early (truncated or damaged input); no output was written",
+        )

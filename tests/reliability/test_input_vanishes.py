@@ -111,12 +111,6 @@ def test_deleted_while_extracting_errors_clearly_or_completes(victim: Path, tmp_
         assert abs(report.output_duration_s - 20.0) < 0.1
 
 
-@pytest.mark.xfail(
-    reason="video/editor.py: pieces cut from an input truncated mid-read end early without an "
-    "error; the short output is os.replace()d to the target, then probe(out) raises "
-    "CorruptMediaError blaming the *output*, which is left at the target path",
-    strict=True,
-)
 def test_truncated_while_extracting_leaves_no_output(victim: Path, tmp_path: Path) -> None:
     out = tmp_path / "out" / "cut.mp4"
     out.parent.mkdir()

@@ -145,11 +145,6 @@ def test_editor_child_killed_every_time_fails_cleanly(clip: Path, tmp_path: Path
     assert _files(montage_temp_root()) == [], "temp files left behind"
 
 
-@pytest.mark.xfail(
-    reason="video/runner.py JobRunner.run: an edit's ffmpeg job killed by a signal (OOM killer) "
-    "is never retried; the whole edit fails on the first SIGKILL",
-    strict=True,
-)
 def test_editor_retries_a_job_killed_once(clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "cut.mp4"
     with Killer(count=1, delay_s=0.0) as killer:
