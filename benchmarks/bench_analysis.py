@@ -66,6 +66,8 @@ print(json.dumps({"processing": result.processing, "scenes": len(result.scene_ch
 
 
 def _commands(clip: Path, ffmpeg: str, peers_venv: Path) -> dict[str, list[str]]:
+    from montage.video.decode import SCALER
+
     py = sys.executable
     fps = _fps(ffmpeg, clip)
     commands = {
@@ -76,7 +78,7 @@ def _commands(clip: Path, ffmpeg: str, peers_venv: Path) -> dict[str, list[str]]
                       "-i", str(clip), "-map", "0:v", "-map", "0:a", "-f", "null", "-"],
         "child-video": [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
                         "-i", f"file:{clip}", "-map", "0:v:0",
-                        "-vf", "scale=64:36:flags=area,format=gray",
+                        "-vf", SCALER,
                         "-fps_mode", "cfr", "-r", fps, "-f", "rawvideo", "pipe:1"],
         "child-audio": [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
                         "-i", f"file:{clip}", "-map", "0:a:0", "-vn",
@@ -91,9 +93,9 @@ def _commands(clip: Path, ffmpeg: str, peers_venv: Path) -> dict[str, list[str]]
 
 def _fps(ffmpeg: str, clip: Path) -> str:
     from montage.ffmpeg.probe import probe
-    from montage.video.analysis import _frame_rate
+    from montage.video.decode import frame_rate
 
-    return str(_frame_rate(probe(clip, require_video=True)))
+    return str(frame_rate(probe(clip, require_video=True)))
 
 
 def _env() -> dict[str, str]:

@@ -139,6 +139,7 @@ def analyze(
 @click.option("--transitions", is_flag=True, help="Crossfade between segments.")
 @click.option("--transition-duration", default=0.5, show_default=True)
 @click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--strict", is_flag=True, help="Refuse segments past the end (default: clamp).")
 @click.option("--json", "as_json", is_flag=True, help="Print the edit report as JSON.")
 @_report_option
 @click.pass_obj
@@ -151,6 +152,7 @@ def extract(
     transitions: bool,
     transition_duration: float,
     overwrite: bool,
+    strict: bool,
     as_json: bool,
     memory_report: Path | None,
 ) -> None:
@@ -182,6 +184,7 @@ def extract(
             transition_duration=transition_duration,
             progress=progress,
             overwrite=True,
+            strict=strict,
         )
     _print_report(state, as_json, report, output)
 

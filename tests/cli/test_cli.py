@@ -258,3 +258,14 @@ def test_signal_during_extract_cleans_up(
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == [], leftovers
     assert [p.name for p in tmp_path.iterdir()] == ["tmp"] or not list(tmp_path.glob("*.mp4*"))
+
+
+def test_segment_past_the_end_is_clamped_or_refused_with_strict(clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cut.mp4"
+    strict = cli("extract", str(clip), "-s", "3-9", "-o", str(out), "--strict")
+    assert strict.returncode == 2
+    assert "9" in one_line_error(strict)
+    assert not out.exists()
+    clamped = cli("extract", str(clip), "-s", "3-9", "-o", str(out), "--mode", "accurate")
+    assert clamped.returncode == 0, clamped.stderr
+    assert probe(out).duration_s == pytest.approx(1.0, abs=0.1)
