@@ -42,6 +42,7 @@ def run(name: str, argv: list[str], save: bool) -> int:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
     sys.path.insert(0, str(HERE))
     spec.loader.exec_module(module)
     buffer = io.StringIO()

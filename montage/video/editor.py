@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from montage.errors import OutputError
+from montage.resources import release_freed_memory
 from montage.video.assemble import Assembly, build_copy, build_pieces, build_transitions
 from montage.video.cutting import (
     FrameRange,
@@ -130,6 +131,7 @@ class VideoEditor:
         # copy needs only the packets around each cut; anything else needs every frame
         quick = mode in ("copy", "auto") and not apply_transitions
         ranges = _cut_ranges(clamped, durations, boundaries_only=quick)
+        release_freed_memory()  # scanning the sources' packet indexes left freed heap pages
         runner = JobRunner(self.memory_limit_mb, progress)
         chosen, reason = _choose_mode(mode, ranges, apply_transitions)
         if quick and chosen != "copy":
