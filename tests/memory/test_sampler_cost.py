@@ -1,0 +1,144 @@
+"""The sampler's cheap paths must give the same answers as the plain ones they replace.
+
+Why: the 10 Hz sampler skips ``classify`` inside a level's steady band, walks the tree with
+kept-open files, and re-reads only the members' ``statm`` while no pid was allocated. Each
+shortcut is only acceptable if it is exact, so each is checked against the reference here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from montage.memory.monitor import _SteadyBand
+from montage.memory.pressure import MemoryPressureLevel as Level
+from montage.memory.pressure import PressureThresholds, classify
+from montage.memory.usage import ProcessTreeReader, process_tree_memory
+
+MIB = 1024 * 1024
+
+
+@st.composite
+def thresholds(draw: st.DrawFn) -> PressureThresholds:
+    moderate = draw(st.floats(min_value=10, max_value=80))
+    high = draw(st.floats(min_value=moderate + 1, max_value=90))
+    critical = draw(st.floats(min_value=high + 1, max_value=100))
+    return PressureThresholds(
+        moderate_pct=moderate,
+        high_pct=high,
+        critical_pct=critical,
+        hysteresis_pct=draw(st.floats(min_value=0, max_value=moderate - 1)),
+        psi_full_high_pct=draw(st.floats(min_value=0, max_value=100)),
+        min_available_mb=draw(st.floats(min_value=0, max_value=1024)),
+    )
+
+
+@given(
+    thresholds(),
+    st.sampled_from(list(Level)),
+    st.floats(min_value=0, max_value=150),
+    st.floats(min_value=0, max_value=4096),
+    st.none() | st.floats(min_value=0, max_value=100),
+)
+def test_steady_band_never_disagrees_with_classify(
+    limits: PressureThresholds,
+    previous: Level,
+    percent: float,
+    available_mb: float,
+    psi_full: float | None,
+) -> None:
+    if _SteadyBand(previous, limits).holds(percent, available_mb, psi_full):
+        level = classify(
+            percent,
+            available_mb=available_mb,
+            psi_full_avg10=psi_full,
+            previous=previous,
+            thresholds=limits,
+        )
+        assert level is previous
+
+
+def test_steady_band_sends_nan_to_classify() -> None:
+    assert not _SteadyBand(Level.LOW, PressureThresholds()).holds(float("nan"), 1e6, None)
+
+
+SPAWNER = """
+import subprocess, sys
+grandchild = subprocess.Popen([sys.executable, "-c",
+    "import sys; b = b'y' * (20 * 1024 * 1024); print(flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+grandchild.stdout.readline()
+print(grandchild.pid, flush=True)
+sys.stdin.read()
+grandchild.stdin.close(); grandchild.wait()
+"""
+
+
+@pytest.fixture
+def family() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A child that holds a grandchild with 20 MiB resident; yields (child, grandchild pid)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    grandchild = int(child.stdout.readline())
+    yield child, grandchild
+    if child.stdin is not None:
+        child.stdin.close()
+    child.wait(timeout=30)
+    child.stdout.close()
+
+
+@pytest.mark.parametrize("max_kept_fds", [64, 2])
+def test_reader_matches_process_tree_memory_and_follows_changes(
+    family: tuple[subprocess.Popen[str], int], max_kept_fds: int
+) -> None:
+    child, grandchild = family
+    with ProcessTreeReader(max_kept_fds=max_kept_fds) as reader:
+        for _ in range(3):  # first sight, then the kept-open (and unchanged-tree) paths
+            tree = reader.read()
+            reference = process_tree_memory()
+            assert [pid for pid, _ in tree.children] == [pid for pid, _ in reference.children]
+            assert tree.tree_rss_bytes == pytest.approx(reference.tree_rss_bytes, abs=4 * MIB)
+        by_pid = dict(tree.children)
+        start, subtree = reader.walked(child.pid) or (None, 0)
+        assert start is not None
+        assert subtree == by_pid[child.pid] + by_pid[grandchild] >= 20 * MIB
+        assert reader.walked(os.getpid()) is None  # the root is not its own descendant
+
+        late = subprocess.Popen(["sleep", "30"])  # a new member must show up at once
+        try:
+            assert late.pid in dict(reader.read().children)
+        finally:
+            late.kill()
+            late.wait()
+        assert late.pid not in dict(reader.read().children)  # and leave once reaped
+        if max_kept_fds == 2:
+            assert reader._kept <= 2
+
+
+def test_reader_reports_a_zombie_with_no_start_time() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    with ProcessTreeReader() as reader:
+        reader.read()
+        assert (reader.walked(child.pid) or (None,))[0] is not None
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped
+        reader.read()
+        found = reader.walked(child.pid)
+        assert found is not None and found[0] is None
+    child.wait()
+
+
+def test_reader_on_a_gone_process_is_empty() -> None:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    with ProcessTreeReader() as reader:
+        tree = reader.read(child.pid)
+    assert (tree.process_rss_bytes, tree.tree_rss_bytes, tree.children) == (0, 0, ())
