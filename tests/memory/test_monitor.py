@@ -472,4 +472,5 @@ def test_a_callback_may_stop_the_sampler(machine: FakeMachine) -> None:
         assert wait_for(lambda: not is_running(monitor))
     finally:
         monitor.stop()
-    assert "montage-memory" not in [t.name for t in threading.enumerate()]
+    # the thread stops itself from its own callback, so it may still be unwinding: wait for it
+    assert wait_for(lambda: "montage-memory" not in [t.name for t in threading.enumerate()])
