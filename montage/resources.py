@@ -26,6 +26,7 @@ parent made.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import re
@@ -393,13 +394,19 @@ def release_freed_memory() -> bool:
     Why: opening a long MP4 (PyAV probe) reads its whole sample index; once closed, glibc keeps
     the pages, so RSS would grow with the file's length though nothing uses them.
     """
-    import ctypes
-    import ctypes.util
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        return bool(ctypes.CDLL(name).malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` from the symbols already loaded (no ``find_library``: it runs
+    ``ldconfig`` in a subprocess)."""
+    import ctypes
+
+    for name in (None, "libc.so.6"):
+        try:
+            return ctypes.CDLL(name).malloc_trim
+        except (OSError, AttributeError):
+            continue
+    return None
