@@ -84,9 +84,20 @@ def python_results(
     root = tmp_path_factory.mktemp("readme-py")
     media = root / "media"
     media.mkdir()
-    os.link(make_clip(duration=30.0, size="320x240", gop=25), media / "input.mp4")
+    long_clip = make_clip(duration=100.0, size="320x240", rate=25, gop=50)  # the spec cuts 60-90 s
+    for name in ("input.mp4", "large_video.mp4", "large_input.mp4"):
+        os.link(long_clip, media / name)
     os.link(make_clip(duration=6.0, size="320x240", gop=25), media / "video.mp4")
     return run_python_blocks(README, media, root)
+
+
+def test_readme_carries_every_spec_example_verbatim() -> None:
+    spec = REPO_ROOT.parent / "shared" / "seed" / "MEMORY_MANAGEMENT.md"
+    if not spec.is_file():
+        pytest.skip(f"{spec} is absent (a user's clone has no ../shared)")
+    readme_blocks = python_blocks(README)
+    for block in python_blocks(spec):
+        assert block in readme_blocks, f"spec example missing from the README:\n{block[:300]}"
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks(README))))
