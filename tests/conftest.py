@@ -9,6 +9,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import settings
+
+# Property tests run on shared 2-core machines: a slow example is load, not a failure.
+settings.register_profile("montage", deadline=None)
+settings.load_profile("montage")
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 

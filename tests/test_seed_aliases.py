@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REAL_MODULES = (
     "montage.memory.monitor",
+    "montage.memory.guard",
     "montage.memory.pressure",
     "montage.memory.budget",
     "montage.memory.limits",

@@ -128,11 +128,3 @@ def memory_guard(
             limit_mb=guard.limit_mb or 0.0,
             peak_mb=guard.peak_memory_mb,
         )
-
-
-# These names are public as ``montage.memory.monitor.*`` (re-exported there, where they were
-# defined before the split): keep that as their ``__module__`` so reprs, pickles and the spec
-# alias check (tests/test_seed_aliases.py) see the same home as before.
-for _public in (MemoryGuard, current_budget_mb, memory_guard):
-    _public.__module__ = "montage.memory.monitor"
-del _public
