@@ -23,154 +23,61 @@ import functools
 import itertools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from montage.errors import (
-    ConfigError,
-    FFmpegError,
-    MontageError,
-    NoVideoStreamError,
-    OutputError,
+from montage.errors import ConfigError, FFmpegError, OutputError
+from montage.ffmpeg.chunk_jobs import (
+    ChunkError,
+    ChunkReport,
+    ProcessingFunction,
+    ProgressCallback,
+    _function_job,
+    _JobRunner,
+)
+from montage.ffmpeg.chunk_plan import (
+    MAX_CHUNK_S,
+    MIN_CHUNK_S,
+    SHORT_FILE_CHUNKS,
+    ChunkPlan,
+    VideoIndex,
+    default_chunk_duration_s,
+    plan_chunks,
+    scan_video,
 )
 
 if TYPE_CHECKING:
     from montage.ffmpeg.probe import MediaInfo
-    from montage.ffmpeg.process import FFmpegProcess
+
+__all__ = [
+    "MAX_CHUNK_S",
+    "MIN_CHUNK_S",
+    "SHORT_FILE_CHUNKS",
+    "ChunkError",
+    "ChunkPlan",
+    "ChunkReport",
+    "ProcessingFunction",
+    "ProgressCallback",
+    "VideoIndex",
+    "default_chunk_duration_s",
+    "plan_chunks",
+    "process_video_chunks",
+    "scan_video",
+    "transcode_in_chunks",
+]
 
 logger = logging.getLogger(__name__)
 
-ProcessingFunction = Callable[[Path, Path], "bool | None"]
-"""``fn(chunk_in, chunk_out) -> None | bool``; see :func:`process_video_chunks`."""
-ProgressCallback = Callable[[int, int], None]
-"""``progress(chunks_done, chunks_total)``, called from the caller's thread."""
-
-MIN_CHUNK_S = 10.0  # shorter chunks cost more in per-job startup than they save
-MAX_CHUNK_S = 60.0  # longer chunks make a failure expensive and progress coarse
-SHORT_FILE_CHUNKS = 4  # a file under 4 x MAX_CHUNK_S is cut into about this many chunks
 _CHUNK_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".m2ts", ".nut"})
 _REFUSED_OPTIONS = frozenset(
     {"-i", "-map", "-ss", "-sseof", "-t", "-to", "-filter_complex", "-lavfi", "-shortest"}
 )
 _MUXER_OPTIONS = frozenset({"-f", "-movflags", "-brand", "-metadata"})
 _AUDIO_MODES = ("once", "copy", "none")
-
-
-class ChunkError(MontageError):
-    """A chunk's processing function failed (returned False, raised, or wrote nothing)."""
-
-    def __init__(self, message: str, *, chunk_index: int) -> None:
-        super().__init__(message)
-        self.chunk_index = chunk_index
-
-
-@dataclass(frozen=True)
-class VideoIndex:
-    """The first video stream's packets as the segment muxer counts them (decode order)."""
-
-    frame_count: int
-    keyframes: tuple[tuple[int, float], ...]  # (packet index, seconds from the first frame)
-    duration_s: float
-    frame_rate: float | None
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """Where the video is cut: the packet index (a keyframe) each chunk starts at."""
-
-    start_frames: tuple[int, ...]
-    start_times_s: tuple[float, ...]
-    frame_count: int
-
-    @property
-    def chunks(self) -> int:
-        return len(self.start_frames)
-
-    def frames_per_chunk(self) -> tuple[int, ...]:
-        ends = (*self.start_frames[1:], self.frame_count)
-        return tuple(end - start for start, end in zip(self.start_frames, ends, strict=True))
-
-
-@dataclass(frozen=True)
-class ChunkReport:
-    """What a chunked run did, with the numbers it was verified by."""
-
-    chunks: int
-    chunk_duration_s: float
-    workers: int
-    input_frames: int
-    output_frames: int
-    input_duration_s: float
-    output_duration_s: float
-    audio: str  # "once" | "copy" | "none" | "absent" (the input has no audio)
-    split_s: float
-    process_s: float
-    join_s: float
-    wall_s: float
-    peak_chunk_memory_mb: float | None  # largest ffmpeg tree peak among the chunk jobs
-
-
-def default_chunk_duration_s(duration_s: float) -> float:
-    """About a minute per chunk; a short file gets a few chunks rather than one."""
-    return max(MIN_CHUNK_S, min(MAX_CHUNK_S, duration_s / SHORT_FILE_CHUNKS))
-
-
-def scan_video(path: str | Path) -> VideoIndex:
-    """Count the first video stream's packets and note its keyframes (demux only, no decode).
-
-    The packet *indices* are what ``-segment_frames`` counts, so cuts made from them are exact
-    whatever the timestamps look like.
-    """
-    import av
-
-    url = "file:" + str(Path(path).resolve())
-    with av.open(url, options={"protocol_whitelist": "file"}) as container:
-        if not container.streams.video:
-            raise NoVideoStreamError(str(path), f"{path} has no video stream to chunk")
-        stream = container.streams.video[0]
-        tb = stream.time_base
-        count, keyframes, first_pts, end_pts = 0, [], None, None
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            if packet.pts is not None:
-                first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
-                end = packet.pts + (packet.duration or 0)
-                end_pts = end if end_pts is None else max(end_pts, end)
-            if packet.is_keyframe:
-                keyframes.append((count, packet.pts))
-            count += 1
-        rate = float(stream.average_rate) if stream.average_rate else None
-    origin = first_pts or 0
-    span = float((end_pts - origin) * tb) if end_pts is not None and tb is not None else 0.0
-    times = tuple(
-        (i, float((pts - origin) * tb) if pts is not None and tb else 0.0) for i, pts in keyframes
-    )
-    return VideoIndex(count, times, span, rate)
-
-
-def plan_chunks(index: VideoIndex, chunk_duration_s: float) -> ChunkPlan:
-    """Start a chunk at the first keyframe at least ``chunk_duration_s`` after the last start.
-
-    A tail shorter than a quarter chunk is merged into the previous chunk.
-    """
-    if chunk_duration_s <= 0:
-        raise ConfigError(f"chunk_duration must be > 0 seconds, got {chunk_duration_s}")
-    starts, times = [0], [0.0]
-    for frame, time_s in index.keyframes:
-        if 0 < frame < index.frame_count and time_s - times[-1] >= chunk_duration_s:
-            starts.append(frame)
-            times.append(time_s)
-    if len(starts) > 1 and index.duration_s - times[-1] < chunk_duration_s / 4:
-        starts.pop()
-        times.pop()
-    return ChunkPlan(tuple(starts), tuple(times), index.frame_count)
 
 
 def process_video_chunks(
@@ -351,109 +258,6 @@ def _audio_cmd(job: _ChunkedJob, src: Path, audio_out: Path) -> list[str]:
     """The whole audio stream in one encode with the user's args: no seams, no priming gaps."""
     args = ["-i", _url(src), "-map", "0:a:0", "-vn", "-sn", "-dn", *job.output_args]
     return _ffmpeg([*args, _url(audio_out)])
-
-
-def _function_job(
-    fn: ProcessingFunction, media: MediaInfo, index: int, chunk_in: Path, chunk_out: Path
-) -> None:
-    """Call the user's function under a budget reservation sized like one chunk encode."""
-    from montage.ffmpeg.profiles import predict_peak_mb
-    from montage.memory.budget import get_memory_budget
-
-    need_mb = predict_peak_mb(media, operation="encode")
-    with get_memory_budget().reserve(need_mb, name=f"chunk {index} ({chunk_in.name})"):
-        try:
-            result = fn(chunk_in, chunk_out)
-        except MontageError:
-            raise
-        except Exception as exc:
-            raise ChunkError(
-                f"processing function failed on chunk {index} ({chunk_in.name}): {exc!r}",
-                chunk_index=index,
-            ) from exc
-    if result is False:
-        raise ChunkError(f"processing function returned False for chunk {index}", chunk_index=index)
-    if not chunk_out.is_file() or chunk_out.stat().st_size == 0:
-        raise ChunkError(
-            f"processing function wrote no output for chunk {index} (expected {chunk_out})",
-            chunk_index=index,
-        )
-
-
-class _JobRunner:
-    """A thread pool that stops everything on the first failure or on Ctrl-C.
-
-    Running ffmpeg jobs are stopped through their process objects; a user function already
-    running is waited for (Python cannot interrupt a thread), jobs not started never start.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.abort = threading.Event()
-        self._lock = threading.Lock()
-        self._live: set[FFmpegProcess] = set()
-
-    def ffmpeg(self, cmd: list[str], name: str, video_path: Path | None = None) -> float | None:
-        """Run one ffmpeg job (admitted by the budget in ``memory_safe_ffmpeg``), stoppable
-        from the caller's thread; return its tree's peak MiB."""
-        from montage.ffmpeg.process import memory_safe_ffmpeg
-
-        with memory_safe_ffmpeg(cmd, video_path=video_path, name=name) as proc:
-            with self._lock:
-                self._live.add(proc)
-            try:
-                if self.abort.is_set():
-                    proc.terminate()
-                returncode = proc.wait()
-            finally:
-                with self._lock:
-                    self._live.discard(proc)
-        if returncode != 0:
-            raise FFmpegError(
-                f"{name}: ffmpeg exited with {returncode}",
-                returncode=returncode,
-                cmd=cmd,
-                stderr_tail=proc.stderr_tail,
-            )
-        return proc.peak_memory_mb
-
-    def stop(self) -> None:
-        """No new job starts; running ffmpeg jobs are terminated (and reaped by their blocks)."""
-        self.abort.set()
-        with self._lock:
-            live = list(self._live)
-        for proc in live:
-            proc.terminate()
-
-    def run(
-        self,
-        jobs: Sequence[Callable[[], float | None]],
-        counted: int,
-        progress: ProgressCallback | None,
-    ) -> list[float | None]:
-        """Run ``jobs``; the first ``counted`` are the video chunks that ``progress`` counts."""
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="montage-chunk")
-        futures: dict[Future[float | None], int] = {}
-        try:
-            futures = {pool.submit(self._guard, job): i for i, job in enumerate(jobs)}
-            done = 0
-            for future in as_completed(futures):
-                future.result()
-                if futures[future] < counted:
-                    done += 1
-                    if progress is not None:
-                        progress(done, counted)
-        except BaseException:
-            self.stop()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        return [f.result() for f in sorted(futures, key=futures.__getitem__)]
-
-    def _guard(self, job: Callable[[], float | None]) -> float | None:
-        if self.abort.is_set():
-            raise ChunkError("stopped: another chunk failed", chunk_index=-1)
-        return job()
 
 
 def _plan(job: _ChunkedJob, src: Path) -> tuple[MediaInfo, VideoIndex, ChunkPlan, float]:
