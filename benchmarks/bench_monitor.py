@@ -24,6 +24,8 @@ import statistics
 import subprocess
 import sys
 
+from _common import cpu_model, ffmpeg_version
+
 CPU_TARGET_PCT = 0.2
 RSS_TARGET_MB = 10.0
 
@@ -81,28 +83,6 @@ rss_mb = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_S
 heavy = sorted(m for m in ("numpy", "av", "rich", "click") if m in sys.modules)
 print(json.dumps({"rss_mb": rss_mb, "heavy": heavy}))
 """
-
-
-def _ffmpeg_version() -> str:
-    try:
-        import imageio_ffmpeg
-
-        exe = str(imageio_ffmpeg.get_ffmpeg_exe())
-        out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30)
-        return out.stdout.splitlines()[0] if out.stdout else "unknown"
-    except Exception as error:  # the benchmark does not need ffmpeg, only reports it
-        return f"unavailable ({error})"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_pair(code: str, args: list[str]) -> tuple[dict[str, object], dict[str, object]]:
@@ -203,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## Memory monitor overhead",
         "",
-        f"- Machine: {os.cpu_count()} CPU ({_cpu_model()}), Linux {platform.release()}, "
+        f"- Machine: {os.cpu_count()} CPU ({cpu_model()}), Linux {platform.release()}, "
         f"Python {platform.python_version()}; shared with other jobs while measured",
-        f"- ffmpeg: {_ffmpeg_version()} (not used by this benchmark)",
+        f"- ffmpeg: {_ffmpeg_line()} (not used by this benchmark)",
         f"- Command: `{command}`",
         "- Each comparison runs the monitored and the baseline child at the same time.",
         "",
@@ -218,3 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _ffmpeg_line() -> str:
+    try:
+        return ffmpeg_version()
+    except Exception as error:  # the benchmark does not need ffmpeg, only reports it
+        return f"unavailable ({error})"

@@ -28,36 +28,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 
+from _common import cpu_model, ffmpeg_version
+
 from montage.memory.limits import MemoryLimit, find_memory_limit
 from montage.memory.usage import UsageReader, process_tree_memory, read_usage, rss_bytes
 
 TARGET_US = 100.0
 
 
-def _ffmpeg_version() -> str:
-    try:
-        import imageio_ffmpeg
-
-        exe = str(imageio_ffmpeg.get_ffmpeg_exe())
-        out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30)
-        return out.stdout.splitlines()[0] if out.stdout else "unknown"
-    except Exception as error:  # the benchmark does not need ffmpeg, only reports it
-        return f"unavailable ({error})"
-
-
 def _clock_resolution_ns() -> float:
     return time.get_clock_info("process_time").resolution * 1e9
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @contextmanager
@@ -167,9 +147,9 @@ def render(results: dict[str, list[tuple[float, float]]], args: argparse.Namespa
     lines = [
         "## Memory sampling cost",
         "",
-        f"- Machine: {os.cpu_count()} CPU ({_cpu_model()}), Linux {platform.release()}, "
+        f"- Machine: {os.cpu_count()} CPU ({cpu_model()}), Linux {platform.release()}, "
         f"Python {platform.python_version()}",
-        f"- ffmpeg: {_ffmpeg_version()} (not used by this benchmark)",
+        f"- ffmpeg: {_ffmpeg_line()} (not used by this benchmark)",
         f"- Ceiling on this machine: {limit.limit_mb:.0f} MiB from `{limit.source}`; "
         f"usage scope `{read_usage(limit).scope}`",
         f"- Command: `{' '.join([os.path.basename(sys.executable), *sys.argv])}`",
@@ -212,3 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _ffmpeg_line() -> str:
+    try:
+        return ffmpeg_version()
+    except Exception as error:  # the benchmark does not need ffmpeg, only reports it
+        return f"unavailable ({error})"
