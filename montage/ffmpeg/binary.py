@@ -9,13 +9,14 @@ tests call :func:`clear_cache` after changing the environment.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from montage.errors import FFmpegNotFoundError
 
@@ -31,6 +32,34 @@ class FFmpegBinary:
     path: str
     version: str
     source: str  # "MONTAGE_FFMPEG" | "PATH" | "imageio-ffmpeg"
+
+
+T = TypeVar("T")
+_DISCOVERY_LOCK = threading.RLock()  # re-entrant: encoders() asks find_ffmpeg() inside
+
+
+class _Once(Generic[T]):
+    """Computed once, even when many threads ask at the same moment.
+
+    ``functools.cache`` does not lock: twenty jobs starting together would each run
+    ``ffmpeg -version`` / ``-encoders`` at once, unbudgeted, and push the tree over its budget.
+    """
+
+    def __init__(self, compute: Callable[[], T]) -> None:
+        self._compute = compute
+        self._value: tuple[T] | None = None
+        self.__doc__ = compute.__doc__
+        self.__name__ = compute.__name__
+
+    def __call__(self) -> T:
+        with _DISCOVERY_LOCK:
+            if self._value is None:
+                self._value = (self._compute(),)
+            return self._value[0]
+
+    def cache_clear(self) -> None:
+        with _DISCOVERY_LOCK:
+            self._value = None
 
 
 def _is_executable_file(path: str) -> bool:
@@ -94,7 +123,7 @@ def _read_version(path: str) -> str:
     return match.group(1)
 
 
-@functools.cache
+@_Once
 def find_ffmpeg() -> FFmpegBinary:
     """Locate ffmpeg (MONTAGE_FFMPEG > PATH > imageio-ffmpeg) and read its version. Cached."""
     env_path = _from_env()
@@ -140,7 +169,7 @@ def _after_legend(text: str) -> list[str]:
     return lines
 
 
-@functools.cache
+@_Once
 def encoders() -> frozenset[str]:
     """Names of every encoder this ffmpeg has (``-encoders``: `` V....D libx264 ...``)."""
     names = set()
@@ -151,7 +180,7 @@ def encoders() -> frozenset[str]:
     return frozenset(names)
 
 
-@functools.cache
+@_Once
 def filters() -> frozenset[str]:
     """Names of every filter (``-filters``: `` TS scale  V->V ...``)."""
     names = set()
@@ -162,7 +191,7 @@ def filters() -> frozenset[str]:
     return frozenset(names)
 
 
-@functools.cache
+@_Once
 def muxers() -> frozenset[str]:
     """Names of every muxer (``-muxers``: ``  E  mov,mp4,...`` split on commas)."""
     names = set()
