@@ -157,6 +157,12 @@ class _JobRunner:
         return [f.result() for f in sorted(futures, key=futures.__getitem__)]
 
     def _guard(self, job: Callable[[], float | None]) -> float | None:
+        from montage.memory.budget import CANCEL_WAITS
+
         if self.abort.is_set():
             raise ChunkError("stopped: another chunk failed", chunk_index=-1)
-        return job()
+        token = CANCEL_WAITS.set(self.abort)  # a stop also ends this thread's wait for memory
+        try:
+            return job()
+        finally:
+            CANCEL_WAITS.reset(token)

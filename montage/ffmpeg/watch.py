@@ -113,7 +113,8 @@ class WatchedChild:
             if rss_bytes is None:
                 return
             self.memory_mb = rss_bytes / _MIB
-            self.peak_memory_mb = max(self.peak_memory_mb, self.memory_mb)
+            leader_peak_mb = self._sampler.leader_peak_bytes() / _MIB  # never above the tree's
+            self.peak_memory_mb = max(self.peak_memory_mb, self.memory_mb, leader_peak_mb)
             if self.limit_mb is not None and self.memory_mb > self.limit_mb:
                 self._kill_over_cap(now)
                 return
@@ -206,6 +207,23 @@ class TreeSampler:
         for pid in self._descendants:
             total += _rss_bytes(pid, self._page_bytes)
         return total
+
+    def leader_peak_bytes(self) -> int:
+        """The leader's own high-water RSS (``VmHWM``), 0 when gone.
+
+        Why: a job of a few hundred ms gets only a handful of 50 ms samples of its *current*
+        RSS, which can all miss its peak; the kernel's high-water mark carries the peak so far
+        into every later sample. (Not ``wait4``'s ``ru_maxrss``: that also counts the memory
+        the child inherited from the Python that forked it.)
+        """
+        try:
+            with open(f"/proc/{self._pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, IndexError, ValueError):
+            pass
+        return 0
 
     def close(self) -> None:
         with self._lock:

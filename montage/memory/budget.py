@@ -13,6 +13,7 @@ early one, so big jobs cannot starve.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import threading
@@ -31,6 +32,12 @@ logger = logging.getLogger("montage.memory")
 MIB = 1024 * 1024
 RECHECK_S = 0.1  # usage changes without a release: re-check this often while waiting
 WAIT_LOG_S = 30.0  # a waiter without timeout says who blocks it this often
+CANCEL_WAITS: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "montage_cancel_waits", default=None
+)
+"""Set by a job runner in its worker threads: once the event is set, their waits for room end
+(InsufficientMemoryError) instead of outliving the job that was stopped."""
+
 NOTHING_TO_WAIT_FOR_S = 15.0
 """How long a request waits when no reservation is held and it still does not fit."""
 
@@ -180,6 +187,13 @@ class MemoryBudget:
                         reservation = Reservation(name, mb)
                         self._active.append(reservation)
                         return reservation
+                    cancel = CANCEL_WAITS.get()
+                    if cancel is not None and cancel.is_set():
+                        raise InsufficientMemoryError(
+                            self._describe(mb, name, snap, "cancelled: the job was stopped"),
+                            requested_mb=mb,
+                            free_mb=max(snap.free_mb, 0.0),
+                        )
                     now = time.monotonic()
                     # Nothing is reserved, so no release will make room: only memory used
                     # outside reservations can shrink. Give that a while, then say so.
