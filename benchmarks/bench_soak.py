@@ -74,6 +74,17 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _settled_fds() -> int:
+    """The fd count once the memory sampler has ticked after the last job.
+
+    Why: the sampler keeps the ``/proc`` files of the processes and threads it saw on its last
+    tick open (a bounded cache); the job's threads and ffmpeg have ended, but their files close
+    at the next tick (100 ms), so a count taken before it counts ghosts, not leaks.
+    """
+    time.sleep(0.35)
+    return _fds()
+
+
 def make_clip(folder: Path) -> Path:
     import imageio_ffmpeg
 
@@ -117,8 +128,9 @@ def soak(source: Path, out_dir: Path, jobs: int = 200, warmup: int = 10) -> Soak
         rss_after.append(rss)
         peak_rss, max_fds = max(peak_rss, rss), max(max_fds, fds)
         if i + 1 == warmup:
-            baseline_rss, baseline_fds = rss, fds
+            baseline_rss, baseline_fds = rss, _settled_fds()
     elapsed = time.monotonic() - started
+    final_fds = _settled_fds()
     children = me.children(recursive=True)
     zombies = sum(1 for c in children if c.status() == psutil.STATUS_ZOMBIE)
     return SoakResult(
@@ -128,7 +140,7 @@ def soak(source: Path, out_dir: Path, jobs: int = 200, warmup: int = 10) -> Soak
         final_rss_mb=_rss_mb(),
         peak_rss_mb=peak_rss,
         baseline_fds=int(baseline_fds),
-        final_fds=_fds(),
+        final_fds=final_fds,
         max_fds=max_fds,
         zombies=zombies,
         live_children=len(children) - zombies,
