@@ -216,12 +216,6 @@ def get_memory_status() -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _malloc_trim() -> bool:
-    from montage.resources import release_freed_memory
-
-    return release_freed_memory()
-
-
 def force_memory_cleanup() -> dict[str, Any]:
     """Free what can be freed without breaking running work; returns what it did.
 
@@ -233,7 +227,7 @@ def force_memory_cleanup() -> dict[str, Any]:
     monitor = _monitor()
     before = monitor.get_current_stats()
     collected = gc.collect()
-    trimmed = _malloc_trim()
+    trimmed = resources.release_freed_memory()
     forgotten = resources.forget_missing()
     live = len(monitor.get_tracked_processes())
     after = monitor.get_current_stats()

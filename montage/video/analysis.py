@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from montage.resources import release_freed_memory
 from montage.video.decode import AUDIO_RATE, RangePlan, decode_range, frame_rate, plan_ranges
+from montage.video.inputs import check_unchanged, fingerprint
 from montage.video.signals import (
     HighlightCandidate,
     SceneDetector,
@@ -120,7 +121,7 @@ def analyze_video(
     spans = plan_ranges(info, n_ranges, keyframes)
     tracker = _Progress(progress, _expected_frames(info, keyframes))
 
-    before = _fingerprint(path)
+    before = fingerprint(path)
     with memory_guard(memory_limit_mb) as guard:
         digest: list[str] = []
         hasher = threading.Thread(target=lambda: digest.append(_sha256(path)), daemon=True)
@@ -158,24 +159,13 @@ def analyze_video(
     )
 
 
-def _fingerprint(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return (-1, -1)
-    return (stat.st_size, stat.st_mtime_ns)
-
-
 def _check_complete(info: MediaInfo, before: tuple[int, int], frames: int, expected: int) -> None:
     """A file that changed or ended early while being read must not yield a 'result'."""
     from montage.errors import CorruptMediaError
 
-    if _fingerprint(Path(info.path)) != before:
-        raise CorruptMediaError(
-            info.path,
-            f"{info.path} changed or disappeared while it was being analysed; "
-            "analyse a copy that nothing else is writing",
-        )
+    check_unchanged(
+        {Path(info.path): before}, "analysed; analyse a copy that nothing else is writing"
+    )
     if expected and frames < expected - max(2, round(0.01 * expected)):
         raise CorruptMediaError(
             info.path,

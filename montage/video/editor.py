@@ -34,10 +34,11 @@ from montage.video.cutting import (
     on_keyframe_grid,
     snap,
 )
+from montage.video.inputs import check_unchanged, fingerprint
 from montage.video.pieces import EncodeSettings, Target
 from montage.video.runner import JobRunner, ProgressCallback, WorkDir
 from montage.video.segments import VideoSegment
-from montage.video.verify import check_duration, check_sources_unchanged, fingerprint, verify_join
+from montage.video.verify import check_duration, verify_join
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,10 @@ class VideoEditor:
                 plan, used, reason = self._run_mode(
                     WorkDir(folder), ranges, temp, mode, reason, runner, fade_s
                 )
-            check_sources_unchanged(fingerprints)
+            check_unchanged(
+                fingerprints,
+                "read; no output was written: edit a copy that nothing else is writing",
+            )
             check_duration(temp, plan.expected_duration_s, used, ranges)
             _publish(temp, out, overwrite)
         finally:

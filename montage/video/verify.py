@@ -64,27 +64,6 @@ def verify_join(ffmpeg: str, out: Path, plan: Assembly, runner: JobRunner) -> st
     return None
 
 
-def fingerprint(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return (-1, -1)
-    return (stat.st_size, stat.st_mtime_ns)
-
-
-def check_sources_unchanged(fingerprints: dict[Path, tuple[int, int]]) -> None:
-    """An input truncated, rewritten or deleted while we read it gives no output at all."""
-    from montage.errors import CorruptMediaError
-
-    for path, before in fingerprints.items():
-        if fingerprint(path) != before:
-            raise CorruptMediaError(
-                str(path),
-                f"{path} changed or disappeared while it was being read; no output was "
-                "written: edit a copy that nothing else is writing",
-            )
-
-
 def check_duration(temp: Path, expected_s: float, mode: str, ranges: list[FrameRange]) -> None:
     """A re-encoded result must be as long as planned (copy snaps to keyframes: not checked)."""
     from montage.errors import CorruptMediaError
