@@ -3,30 +3,26 @@
 Exit codes: 0 success, 1 processing failure, 2 bad input or usage, 130 Ctrl-C, 143 SIGTERM.
 On Ctrl-C or SIGTERM every ffmpeg child we started is stopped first (they run in their own
 sessions, so the terminal's signal does not reach them), then the exception unwinds through
-the context managers that remove temp files and reap the children.
+the context managers that remove temp files and reap the children (``cli/interrupt.py``,
+which also bounds the time that may take).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import click
 
 from montage import __version__
+from montage.cli import interrupt
+from montage.cli.interrupt import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 from montage.errors import ConfigError, InvalidMediaError, MontageError, OutputError
 
-EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when SIGTERM arrives, so cleanup runs as for Ctrl-C."""
+EXIT_FAILURE, EXIT_USAGE = 1, 2
 
 
 @dataclass
@@ -81,26 +77,6 @@ def app(
     ctx.obj = _state
 
 
-def _stop_children() -> None:
-    """Stop every ffmpeg we started; a failure here must not mask the signal."""
-    with contextlib.suppress(Exception):
-        from montage.ffmpeg.manager import get_ffmpeg_memory_manager
-
-        for job in get_ffmpeg_memory_manager().jobs():
-            with contextlib.suppress(Exception):  # a job that already ended
-                job.terminate()
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _stop_children()
-    raise Terminated()
-
-
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    _stop_children()
-    raise KeyboardInterrupt()
-
-
 def _error_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return f"montage-video: error: {text}"
@@ -117,10 +93,7 @@ def _cleanup() -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (``main`` exits with it)."""
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm),
-        signal.SIGINT: signal.signal(signal.SIGINT, _on_sigint),
-    }
+    previous = interrupt.install()
     code = 0
     try:
         result: Any = app.main(args=argv, prog_name="montage-video", standalone_mode=False)
@@ -149,8 +122,11 @@ def run(argv: list[str] | None = None) -> int:
         code = EXIT_FAILURE
     finally:
         _cleanup()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signalled = interrupt.restore(previous)
+    if signalled and code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        # the interrupted code swallowed the exception (an at-fork hook does): still a stop
+        click.echo("montage-video: interrupted", err=True)
+        code = signalled
     return code
 
 

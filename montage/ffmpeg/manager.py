@@ -11,6 +11,7 @@ and its owner (``run_with_retry``) re-runs it one profile cheaper.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -69,17 +70,42 @@ class FFmpegMemoryManager:
     """Live ffmpeg jobs we started, their totals, and the pressure responses."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._jobs: list[FFmpegProcess] = []  # in start order: the newest is last
         self._level = MemoryPressureLevel.LOW
         self._monitor: MemoryMonitor | None = None
         self.preempted: list[tuple[str, int, float]] = []  # (name, pid, memory_mb) per kill
+        self.stopping = False  # set by stop_all(): the process is being interrupted
 
     # --- registry -----------------------------------------------------------------------
 
     def register(self, process: FFmpegProcess) -> None:
         with self._lock:
             self._jobs.append(process)
+        if self.stopping:  # started by a worker thread after the stop signal
+            process.request_stop()
+
+    def stop_all(self) -> int:
+        """SIGTERM every job's process group, without waiting and without taking the lock
+        (a signal handler may have interrupted its holder); jobs registered afterwards are
+        stopped as they start. Their owners reap them. Returns how many were signalled."""
+        self.stopping = True
+        jobs = tuple(self._jobs)  # a snapshot: list copies are atomic under the GIL
+        for job in jobs:
+            with contextlib.suppress(Exception):  # a job that already ended
+                job.request_stop()
+        return len(jobs)
+
+    def resume(self) -> None:
+        """Jobs may start again (the interrupted CLI run has ended and was embedded)."""
+        self.stopping = False
+
+    def kill_all(self) -> None:
+        """SIGKILL every job's process group now (the CLI's exit guard, as a last resort)."""
+        self.stopping = True
+        for job in tuple(self._jobs):
+            with contextlib.suppress(Exception):
+                job.request_stop(kill=True)
 
     def unregister(self, process: FFmpegProcess) -> None:
         with self._lock:
@@ -280,7 +306,7 @@ def _gave_up(
 
 
 _manager: FFmpegMemoryManager | None = None
-_manager_lock = threading.Lock()
+_manager_lock = threading.RLock()
 
 
 def get_ffmpeg_memory_manager() -> FFmpegMemoryManager:

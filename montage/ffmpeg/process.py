@@ -170,6 +170,18 @@ class FFmpegProcess(WatchedChild):
         """SIGKILL the whole group now, and reap."""
         self._stop("stopped", graceful=False)
 
+    def request_stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL) the group and return at once: the stop for signal handlers.
+
+        ``terminate()`` waits for the exit, and a handler that interrupted this same process's
+        ``wait()`` would block forever on ``Popen``'s wait lock, still held by the interrupted
+        frame. The ``memory_safe_ffmpeg`` block that owns the job reaps it (SIGKILL after the
+        grace period) when the exception the handler raises unwinds through it.
+        """
+        if self.stop_reason is None and self._popen.returncode is None:
+            self.stop_reason = "stopped"
+        self._signal_group(signal.SIGKILL if kill else signal.SIGTERM)
+
     def preempt(self, reason: str) -> bool:
         """Kill it for the manager (CRITICAL pressure); its owner sees ``FFmpegJobPreempted``."""
         if self.poll() is not None or self.stop_reason is not None:

@@ -172,7 +172,7 @@ class TreeSampler:
     def __init__(self, pid: int) -> None:
         self._pid = pid
         self._page_bytes = os.sysconf("SC_PAGE_SIZE")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: request_stop may run in a signal handler
         self._fd: int | None = None
         with contextlib.suppress(OSError):
             self._fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
