@@ -1,17 +1,16 @@
 """What is in a media file, read with PyAV by demuxing only (never decoding).
 
 Probing must be cheap (milliseconds, a few MB) because every job starts with it, and it
-must be safe on files we did not make: playlist-style inputs (hls, concat, dash, ...) make
-the demuxer open *other* files or URLs named inside them, so they are refused unless the
-caller says ``trusted=True``, checked by content and name before opening and by the
-demuxer PyAV picked after opening; and PyAV may only use the ``file`` protocol.
+must be safe on files we did not make: ``montage.ffmpeg.input_checks`` refuses missing,
+unreadable and playlist-style inputs (hls, concat, dash, ... open *other* files or URLs) unless
+the caller says ``trusted=True``, by content and name before opening and by the demuxer PyAV
+picked after opening; and PyAV may only use the ``file`` protocol.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import stat
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,32 +21,39 @@ from typing import TYPE_CHECKING, Any
 
 from montage.errors import (
     CorruptMediaError,
-    EmptyMediaError,
-    MediaNotFoundError,
-    NotAFileError,
     NotMediaError,
     NoVideoStreamError,
     UnreadableMediaError,
-    UntrustedInputError,
+)
+from montage.ffmpeg.input_checks import (
+    PLAYLIST_FORMATS,
+    PLAYLIST_MAGIC,
+    PLAYLIST_SUFFIXES,
+    PathLike,
+    corrupt_error,
+    looks_like_container,
+    refuse_format,
+    refuse_playlist,
+    validate_input_path,
 )
 
 if TYPE_CHECKING:
     from av.container import InputContainer
     from av.stream import Stream
 
-PathLike = str | os.PathLike[str]
+__all__ = [
+    "PLAYLIST_FORMATS",
+    "PLAYLIST_MAGIC",
+    "PLAYLIST_SUFFIXES",
+    "MediaInfo",
+    "StreamInfo",
+    "keyframe_times",
+    "mp4_rotations",
+    "probe",
+    "refuse_playlist",
+    "validate_input_path",
+]
 
-PLAYLIST_SUFFIXES = frozenset(
-    {".m3u8", ".m3u", ".txt", ".ffconcat", ".mpd", ".xml", ".sdp", ".ism"}
-)
-PLAYLIST_MAGIC = (b"#EXTM3U", b"ffconcat", b"<?xml", b"<MPD", b"v=0", b"file ", b"file\t")
-PLAYLIST_FORMATS = frozenset(
-    {"hls", "applehttp", "concat", "ffconcat", "dash", "tee", "sdp", "rtp", "rtsp", "imf", "mpd"}
-)
-# Magic numbers of containers we know: an unreadable file with one of these is "corrupt",
-# one without is "not media".
-_CONTAINER_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba", b"fLaC")
-_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 _TAIL_TOLERANCE_S = 1.0
 _MOOV_CAP_BYTES = 64 * 1024 * 1024
 
@@ -112,67 +118,6 @@ class MediaInfo:
         return data
 
 
-def validate_input_path(path: PathLike) -> Path:
-    """Check that ``path`` names a non-empty readable regular file; typed errors otherwise.
-
-    Done before PyAV so the user gets "does not exist" rather than a demuxer's guess.
-    """
-    p = Path(os.fspath(path))
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise MediaNotFoundError(
-            str(p), f"{p}: no such file; check the path (relative to {Path.cwd()})"
-        ) from None
-    except OSError as exc:
-        raise UnreadableMediaError(str(p), f"{p}: cannot be read ({exc.strerror})") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise NotAFileError(str(p), f"{p} is a directory; give the path of a video file in it")
-    if not stat.S_ISREG(st.st_mode):
-        raise NotAFileError(str(p), f"{p} is not a regular file (a device, fifo or socket)")
-    if st.st_size == 0:
-        raise EmptyMediaError(str(p), f"{p} is empty (0 bytes); the copy or download failed?")
-    if not os.access(p, os.R_OK):
-        raise UnreadableMediaError(
-            str(p), f"{p}: permission denied; make it readable (chmod +r) or run as its owner"
-        )
-    return p.absolute()
-
-
-def _head(path: Path, size: int = 64) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(size)
-    except PermissionError as exc:
-        raise UnreadableMediaError(str(path), f"{path}: permission denied ({exc})") from exc
-
-
-def refuse_playlist(path: Path) -> None:
-    """Refuse a playlist-style file by its name or first bytes, before any demuxer opens it."""
-    head = _head(path).lstrip(b"\xef\xbb\xbf \t\r\n")
-    by_name = path.suffix.lower() in PLAYLIST_SUFFIXES
-    by_content = head.startswith(PLAYLIST_MAGIC)
-    if by_name or by_content:
-        raise UntrustedInputError(
-            str(path),
-            f"{path} looks like a playlist or pattern (hls/concat/dash/image sequence) that "
-            f"would open other files; pass trusted=True (--trusted) only if you made it",
-        )
-
-
-def _looks_like_container(path: Path) -> bool:
-    head = _head(path, 16)
-    if head[4:8] in _MP4_BOXES or head.startswith(_CONTAINER_MAGIC):
-        return True
-    return len(head) >= 1 and head[0] == 0x47 and path.stat().st_size >= 189 and _ts_sync(path)
-
-
-def _ts_sync(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(188)
-        return fh.read(1) == b"\x47"
-
-
 @contextmanager
 def _open(path: Path, trusted: bool) -> Iterator[InputContainer]:
     """Open with PyAV through an explicit ``file:`` URL (a name like ``http:x`` or ``-x`` is a
@@ -185,7 +130,7 @@ def _open(path: Path, trusted: bool) -> Iterator[InputContainer]:
     except PermissionError as exc:
         raise UnreadableMediaError(str(path), f"{path}: cannot be opened ({exc})") from exc
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        if _looks_like_container(path):
+        if looks_like_container(path):
             raise CorruptMediaError(
                 str(path),
                 f"{path} is a media file but cannot be read ({exc}); it is truncated or "
@@ -244,17 +189,6 @@ def _duration_s(container: InputContainer, streams: tuple[StreamInfo, ...]) -> f
     return max(durations, default=0.0)
 
 
-def _refuse_format(path: Path, container: InputContainer) -> None:
-    names = set(container.format.name.split(","))
-    pattern = "image2" in names and "%" in path.name
-    if names & PLAYLIST_FORMATS or pattern:
-        raise UntrustedInputError(
-            str(path),
-            f"{path} is a {container.format.name} playlist that would open other files; "
-            f"pass trusted=True (--trusted) only if you made it",
-        )
-
-
 def _check_tail(path: Path, container: InputContainer, duration_s: float) -> None:
     """Raise CorruptMediaError when the last packets stop well before the stated duration.
 
@@ -281,17 +215,11 @@ def _check_tail(path: Path, container: InputContainer, duration_s: float) -> Non
             if packet.pts is not None:
                 end_s = max(end_s, float((packet.pts + (packet.duration or 0)) * stream.time_base))
     except (av.error.FFmpegError, OSError) as exc:
-        raise _corrupt(path, f"reading its end failed: {exc}") from exc
+        raise corrupt_error(path, f"reading its end failed: {exc}") from exc
     stated_end_s = start_s + duration_s
     if end_s < stated_end_s - max(_TAIL_TOLERANCE_S, 0.1 * duration_s):
         found = "no packets" if end_s == -math.inf else f"packets end at {end_s - start_s:.2f} s"
-        raise _corrupt(path, f"it says {duration_s:.2f} s but {found}")
-
-
-def _corrupt(path: Path, why: str) -> CorruptMediaError:
-    return CorruptMediaError(
-        str(path), f"{path} is truncated or damaged ({why}); copy it again or re-download it"
-    )
+        raise corrupt_error(path, f"it says {duration_s:.2f} s but {found}")
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -371,7 +299,7 @@ def probe(path: PathLike, *, trusted: bool = False, require_video: bool = False)
         refuse_playlist(p)
     with _open(p, trusted) as container:
         if not trusted:
-            _refuse_format(p, container)
+            refuse_format(p, container)
         rotations = mp4_rotations(p) if "mp4" in container.format.name else {}
         streams = tuple(_stream_info(s, rotations) for s in container.streams)
         if not streams:
@@ -419,7 +347,7 @@ def keyframe_times(path: PathLike, *, trusted: bool = False) -> list[float]:
         refuse_playlist(p)
     with _open(p, trusted) as container:
         if not trusted:
-            _refuse_format(p, container)
+            refuse_format(p, container)
         if not container.streams.video:
             raise NoVideoStreamError(str(p), f"{p} has no video stream, so it has no keyframes")
         stream = container.streams.video[0]
@@ -431,5 +359,5 @@ def keyframe_times(path: PathLike, *, trusted: bool = False) -> list[float]:
                 if packet.is_keyframe and packet.pts is not None and tb is not None:
                     times.append(round(float(packet.pts * tb) - start_s, 6))
         except (av.error.FFmpegError, OSError) as exc:
-            raise _corrupt(p, f"demuxing failed after {len(times)} keyframes: {exc}") from exc
+            raise corrupt_error(p, f"demuxing failed after {len(times)} keyframes: {exc}") from exc
     return sorted(times)
