@@ -16,7 +16,7 @@ How:
 * ``install_signal_handlers()`` (called by ``setup_memory_management``) registers ``cleanup_all``
   with ``atexit`` and installs SIGTERM/SIGINT handlers that clean up and then *chain* to the
   previous handler: Ctrl-C still raises ``KeyboardInterrupt``, and a default SIGTERM still ends
-  the process with status 143 (the signal is re-raised with ``SIG_DFL``).
+  the process with status 143 (the chaining lives in ``montage.signal_cleanup``).
 * ``sweep_stale_temp_dirs()`` removes the folders of processes that are gone (SIGKILL, OOM kill).
 
 After ``fork()`` the child gets a fresh folder and an empty registry: it never removes what its
@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -40,17 +39,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from montage.signal_cleanup import install_chaining_handlers
+from montage.signal_cleanup import signal_handlers_installed as signal_handlers_installed
+from montage.signal_cleanup import uninstall_signal_handlers as uninstall_signal_handlers
 
 logger = logging.getLogger(__name__)
 
 OPENCV_EXTRA_HINT = "pip install 'montage-video[opencv]'"
 _ROOT_PATTERN = re.compile(r"^montage-(\d+)-(\d+)$")
-_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 Cleanup = Path | Callable[[], object]
-SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 @dataclass
@@ -68,7 +68,6 @@ class _State:
         self.root: Path | None = None
         self.entries: dict[int, _Entry] = {}
         self.next_token = 0
-        self.previous_handlers: dict[int, SignalHandler] = {}
         self.atexit_registered = False
 
 
@@ -294,57 +293,19 @@ def _owned_dir(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
 
-def _chain(signum: int, frame: FrameType | None) -> None:
-    """Clean up, then do what the previous handler would have done."""
-    cleanup_all()
-    previous = _state.previous_handlers.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)  # default SIGINT handler raises KeyboardInterrupt here
-        return
-    if previous == signal.SIG_IGN:
-        return
-    # SIG_DFL (or a handler installed from C we cannot call): die the default way.
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    time.sleep(1.0)  # delivery is asynchronous when other threads run
-    os._exit(128 + signum)
-
-
 def install_signal_handlers() -> bool:
-    """Register ``cleanup_all`` at exit and chain SIGTERM/SIGINT handlers. Idempotent.
+    """Register ``cleanup_all`` at exit and chain SIGTERM/SIGINT handlers to it. Idempotent.
 
     Only the main thread may install signal handlers; elsewhere this logs and returns False.
+    The chaining itself lives in ``montage.signal_cleanup``.
     """
-    if threading.current_thread() is not threading.main_thread():
-        logger.warning("signal handlers not installed: not called from the main thread")
+    if not install_chaining_handlers(cleanup_all):
         return False
     with _state.lock:
         if not _state.atexit_registered:
             atexit.register(cleanup_all)
             _state.atexit_registered = True
-        for signum in _HANDLED_SIGNALS:
-            current = signal.getsignal(signum)
-            if current is _chain:
-                continue
-            _state.previous_handlers[signum] = current
-            signal.signal(signum, _chain)
     return True
-
-
-def uninstall_signal_handlers() -> None:
-    """Restore the handlers that were there before (tests, embedding applications)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    with _state.lock:
-        for signum, previous in list(_state.previous_handlers.items()):
-            if signal.getsignal(signum) is _chain:
-                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-            del _state.previous_handlers[signum]
-
-
-def signal_handlers_installed() -> bool:
-    """Whether our chaining handler is the current SIGTERM and SIGINT handler."""
-    return all(signal.getsignal(signum) is _chain for signum in _HANDLED_SIGNALS)
 
 
 def _describe(entry: _Entry) -> dict[str, Any]:
