@@ -9,6 +9,7 @@ import itertools
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,7 +74,14 @@ def _leftovers(folder: Path, keep: set[str]) -> list[str]:
 
 
 def _ffmpeg_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:  # a chunk's job can end and be reaped between the listing and this read
+            if "ffmpeg" in child.name():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +247,12 @@ def test_ctrl_c_stops_ffmpeg_jobs_and_cleans_up(two_minutes: Path, out_dir: Path
     running: list[int] = []
 
     def interrupt(done: int, total: int) -> None:
-        running.extend(p.pid for p in _ffmpeg_children())
+        # the next chunk may still wait for its memory reservation or be starting: Ctrl-C
+        # must land while a job runs, so wait (bounded) until one does
+        deadline = time.monotonic() + 60
+        while not running and time.monotonic() < deadline:
+            running.extend(p.pid for p in _ffmpeg_children())
+            time.sleep(0.02)
         raise KeyboardInterrupt
 
     out = out_dir / "interrupted.mp4"
