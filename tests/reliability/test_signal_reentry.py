@@ -65,13 +65,17 @@ GUARD_SCRIPT = textwrap.dedent(
     """
     import os, signal, threading, time
     from montage.cli import interrupt
+    from montage.ffmpeg.binary import resolve_argv
     from montage.ffmpeg.process import memory_safe_ffmpeg
+    from montage.memory import budget, monitor
     from montage.resources import managed_temp_directory
 
-    interrupt.EXIT_GRACE_S = 2.0
+    interrupt.EXIT_GRACE_S = 4.0  # the late job must start (and print) before the guard fires
     interrupt.install()
     cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
            "-t", "120", "-c:v", "libx264", "-preset", "ultrafast", "-f", "null", "-"]
+    resolve_argv(cmd)  # one-time costs (finding ffmpeg runs it once) before the signal
+    budget.get_memory_budget(), monitor.get_memory_monitor()
     with managed_temp_directory() as tmp:
         (tmp / "part.mp4").write_bytes(b"half a file")
         print(tmp, flush=True)
