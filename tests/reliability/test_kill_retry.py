@@ -45,7 +45,10 @@ class Killer:
                 seen.add(job.pid)
                 time.sleep(self.delay_s)
                 if job.poll() is None:
-                    os.kill(job.pid, signal.SIGKILL)
+                    try:
+                        os.kill(job.pid, signal.SIGKILL)
+                    except ProcessLookupError:  # it ended and was reaped since the poll
+                        continue
                     self.killed.append(job.pid)
                 if len(self.killed) >= self.count:
                     return
