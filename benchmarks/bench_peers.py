@@ -91,20 +91,16 @@ def _command(job: str, clip: Path, out: Path, peers_venv: Path) -> list[str]:
     return [sys.executable, "-c", MONTAGE_CHILD, str(clip), str(out), mode, segments]
 
 
-def _encode_knobs(clip: Path) -> str:
-    """The adaptive profile's x264 knobs (what VideoEditor._encode_settings uses)."""
-    try:
-        from montage.adaptive import get_safe_processing_config
-        from montage.ffmpeg.profiles import profile_settings
-
-        config = get_safe_processing_config(clip)
-        knobs = profile_settings(config.ffmpeg_profile)
-    except Exception as exc:
-        return f"unknown ({exc})"
-    profile = getattr(config.ffmpeg_profile, "value", config.ffmpeg_profile)
+def _encoder_text(enc: object) -> str:
+    """The re-encoding settings an edit report says it used (MoviePy: x264 ultrafast)."""
+    if not isinstance(enc, dict):
+        return ""
+    lookahead = enc.get("rc_lookahead")
     return (
-        f"profile {profile}: x264 preset {knobs.preset}, threads {knobs.encoder_threads or 'auto'}"
-        f", rc-lookahead {knobs.rc_lookahead} (MoviePy: preset ultrafast)"
+        f"; re-encoded with {enc.get('encoder')} preset {enc.get('preset')}, CRF {enc.get('crf')}"
+        f", threads {enc.get('threads') or 'auto'}"
+        + (f", rc-lookahead {lookahead}" if lookahead is not None else "")
+        + " (MoviePy: x264 ultrafast, CRF 23)"
     )
 
 
@@ -252,9 +248,9 @@ def _report(
                 f"{r['expected_duration_s']:.2f} s, frames {r['expected_frames']}), largest ffmpeg "
                 f"job tree {r['peak_memory_mb']:.0f} MiB, parent {r['parent_peak_rss_mb']:.0f} MiB"
                 + (f", fallback: {r['fallback_reason']}" if r.get("fallback_reason") else "")
+                + _encoder_text(r.get("encoder"))
             )
     if facts:
-        facts.append(f"- Re-encoding settings VideoEditor chose here: {_encode_knobs(clip)}.")
         print("\n".join(facts))
         print(
             "- Copy mode snaps each start back to the keyframe at or before it (GOP 2 s), "

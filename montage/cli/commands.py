@@ -20,6 +20,38 @@ _report_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a memory timeline of the job (.png or .html; PNG needs the 'plot' extra).",
 )
+# x264/x265 presets, fastest first (montage.video.encoding.PRESETS; kept literal so --help
+# does not import the video layer)
+PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+_preset_option = click.option(
+    "--preset",
+    type=click.Choice(PRESETS, case_sensitive=False),
+    default=None,
+    help="Encoder preset of re-encoded parts (accurate/smart/transitions) [default: superfast]. "
+    "Slower presets give smaller files for more time and memory.",
+)
+_crf_option = click.option(
+    "--crf",
+    type=click.IntRange(0, 51),
+    default=None,
+    help="Quality of re-encoded parts, 0-51: lower is better and larger [default: 18].",
+)
+
+
+def encoder_options(command: Any) -> Any:
+    """``--preset`` and ``--crf`` for a command that may re-encode."""
+    return _preset_option(_crf_option(command))
 
 
 @contextlib.contextmanager
@@ -141,6 +173,7 @@ def analyze(
 @click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--strict", is_flag=True, help="Refuse segments past the end (default: clamp).")
 @click.option("--json", "as_json", is_flag=True, help="Print the edit report as JSON.")
+@encoder_options
 @_report_option
 @click.pass_obj
 def extract(
@@ -154,6 +187,8 @@ def extract(
     overwrite: bool,
     strict: bool,
     as_json: bool,
+    preset: str | None,
+    crf: int | None,
     memory_report: Path | None,
 ) -> None:
     """Cut segments out of INPUT and join them into OUTPUT."""
@@ -185,6 +220,8 @@ def extract(
             progress=progress,
             overwrite=True,
             strict=strict,
+            preset=preset,
+            crf=crf,
         )
     _print_report(state, as_json, report, output)
 
@@ -199,6 +236,7 @@ def extract(
 @click.option("--fast", is_flag=True, help="Analyse keyframes only.")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job report as JSON.")
+@encoder_options
 @_report_option
 @click.pass_obj
 def highlights(
@@ -212,9 +250,12 @@ def highlights(
     fast: bool,
     overwrite: bool,
     as_json: bool,
+    preset: str | None,
+    crf: int | None,
     memory_report: Path | None,
 ) -> None:
     """The main job: analyse INPUT, pick its best moments and join them into OUTPUT."""
+    from montage.video.encoding import encoder_defaults
     from montage.video.highlights import make_highlights
 
     if count < 1:
@@ -225,6 +266,7 @@ def highlights(
     with (
         _job(state, memory_report, f"highlights {input_file.name}"),
         render.progress_bar("highlights", quiet=state.quiet or as_json) as progress,
+        encoder_defaults(preset, crf),
     ):
         report = make_highlights(
             input_file,
@@ -346,4 +388,10 @@ def _print_report(state: AppState, as_json: bool, report: Any, output: Path) -> 
     elif not state.quiet:
         render.err.print(f"wrote [bold]{output}[/]")
         keep = ("mode", "output_duration_s", "peak_memory_mb", "elapsed_s")
-        render.err.print(render.kv_table("Edit", {k: data[k] for k in keep if k in data}))
+        rows = {k: data[k] for k in keep if k in data}
+        encoder = data.get("encoder")
+        if isinstance(encoder, dict):
+            rows["encoder"] = (
+                f"{encoder.get('encoder')} {encoder.get('preset')} crf {encoder.get('crf')}"
+            )
+        render.err.print(render.kv_table("Edit", rows))

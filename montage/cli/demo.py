@@ -10,6 +10,7 @@ import click
 
 from montage.cli import render
 from montage.cli.app import AppState, app
+from montage.cli.commands import encoder_options
 from montage.cli.timecode import format_time
 
 DEMO_LIMIT = "512M"
@@ -23,11 +24,20 @@ DEMO_LIMIT = "512M"
 )
 @click.option("--duration", default=120.0, show_default=True, help="Sample length in seconds.")
 @click.option("--size", default="1920x1080", show_default=True, help="Sample frame size.")
+@encoder_options
 @click.pass_obj
-def demo(state: AppState, out_dir: Path | None, duration: float, size: str) -> None:
+def demo(
+    state: AppState,
+    out_dir: Path | None,
+    duration: float,
+    size: str,
+    preset: str | None,
+    crf: int | None,
+) -> None:
     """Make a 2-minute 1080p sample and cut a highlight reel from it under a 512 MB limit."""
     from montage.report import MemoryRecorder, plotting_available, write_memory_report
     from montage.runtime import get_memory_status
+    from montage.video.encoding import encoder_defaults
     from montage.video.highlights import make_highlights
     from montage.video.sample import make_sample_video
 
@@ -49,7 +59,10 @@ def demo(state: AppState, out_dir: Path | None, duration: float, size: str) -> N
         with render.progress_bar("making sample", quiet=state.quiet) as progress:
             progress(0.0, f"{size}, {duration:.0f} s")
             make_sample_video(sample, duration_s=duration, size=size)
-        with render.progress_bar("highlights", quiet=state.quiet) as progress:
+        with (
+            render.progress_bar("highlights", quiet=state.quiet) as progress,
+            encoder_defaults(preset, crf),
+        ):
             report = make_highlights(sample, reel, count=3, length_s=5.0, progress=progress)
     write_memory_report(recorder, report_path, title="montage-video demo")
     status = get_memory_status().get("memory", {})

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from montage.errors import OutputError
 from montage.resources import release_freed_memory
+from montage.video import encoding
 from montage.video.assemble import Assembly, build_copy, build_pieces, build_transitions
 from montage.video.cutting import (
     FrameRange,
@@ -34,6 +35,7 @@ from montage.video.cutting import (
     on_keyframe_grid,
     snap,
 )
+from montage.video.encoding import EncoderChoice
 from montage.video.inputs import check_unchanged, fingerprint
 from montage.video.pieces import EncodeSettings, Target
 from montage.video.runner import JobRunner, ProgressCallback, WorkDir
@@ -43,15 +45,6 @@ from montage.video.verify import check_duration, verify_join
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "copy", "accurate", "smart")
-_X264_PROFILES = {
-    "baseline": "baseline",
-    "constrained baseline": "baseline",
-    "main": "main",
-    "high": "high",
-    "high 10": "high10",
-    "high 4:2:2": "high422",
-    "high 4:4:4 predictive": "high444",
-}
 
 
 @dataclass(frozen=True)
@@ -83,20 +76,33 @@ class EditReport:
     ffmpeg_runs: int
     transitions: bool
     fallback_reason: str | None = None
+    encoder: dict[str, object] | None = None  # the re-encoding settings used (None: copy)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 class VideoEditor:
-    """Cuts and joins segments with every ffmpeg child budgeted, capped and cleaned up."""
+    """Cuts and joins segments with every ffmpeg child budgeted, capped and cleaned up.
 
-    def __init__(self, memory_limit_mb: float | None = None) -> None:
+    ``preset`` (x264/x265 preset name) and ``crf`` (0-51, lower is better and larger) set the
+    re-encodes of accurate and smart mode and of crossfades; None means the default (superfast,
+    CRF 18; see ``montage.video.encoding``). Memory pressure can still lower them.
+    """
+
+    def __init__(
+        self,
+        memory_limit_mb: float | None = None,
+        *,
+        preset: str | None = None,
+        crf: int | None = None,
+    ) -> None:
         if memory_limit_mb is not None and not (
             math.isfinite(memory_limit_mb) and memory_limit_mb > 0
         ):
             raise ValueError(f"memory_limit_mb must be a positive number, got {memory_limit_mb!r}")
         self.memory_limit_mb = memory_limit_mb
+        self.encoder = EncoderChoice(preset, crf)
 
     def extract_and_concatenate_efficient(
         self,
@@ -109,8 +115,12 @@ class VideoEditor:
         progress: ProgressCallback | None = None,
         overwrite: bool = True,
         strict: bool = False,
+        preset: str | None = None,
+        crf: int | None = None,
     ) -> EditReport:
         """Write ``segments`` (in order) to ``output_file``; see the module doc for modes.
+
+        ``preset``/``crf`` override the editor's for this call (see the class doc).
 
         Segments past their media's end are clamped with a warning (refused when ``strict``).
         Raises ValueError for bad arguments, ``InvalidMediaError`` subclasses for bad inputs,
@@ -118,6 +128,7 @@ class VideoEditor:
         """
         started = time.monotonic()
         _check_arguments(segments, mode, apply_transitions, transition_duration)
+        choice = EncoderChoice(preset, crf).over(self.encoder).over(encoding.current_defaults())
         from montage.ffmpeg.probe import probe
 
         infos = {Path(os.fspath(input_file)).resolve(): probe(input_file, require_video=True)}
@@ -137,13 +148,15 @@ class VideoEditor:
         chosen, reason = _choose_mode(mode, ranges, apply_transitions)
         if quick and chosen != "copy":
             ranges = _cut_ranges(clamped, durations, boundaries_only=False)
-        plan, used, reason = self._produce(
+        enc = None if chosen == "copy" else self._encode_settings(ranges[0].source, choice)
+        plan, used, reason, enc = self._produce(
             ranges,
             out,
             chosen,
             reason,
             runner,
             transition_duration if apply_transitions else 0,
+            enc,
             overwrite=overwrite,
             fingerprints=fingerprints,
         )
@@ -168,6 +181,7 @@ class VideoEditor:
             ffmpeg_runs=runner.runs,
             transitions=apply_transitions,
             fallback_reason=reason,
+            encoder=encoding.describe(enc) if enc is not None else None,
         )
 
     def _produce(
@@ -178,10 +192,11 @@ class VideoEditor:
         reason: str | None,
         runner: JobRunner,
         fade_s: float,
+        enc: EncodeSettings | None,
         *,
         overwrite: bool,
         fingerprints: dict[Path, tuple[int, int]],
-    ) -> tuple[Assembly, str, str | None]:
+    ) -> tuple[Assembly, str, str | None, EncodeSettings | None]:
         """Build and run the plan into a temp file beside ``out``, then rename it into place."""
         from montage.resources import managed_temp_directory, register_cleanup, unregister_cleanup
 
@@ -189,8 +204,8 @@ class VideoEditor:
         token = register_cleanup(temp)
         try:
             with managed_temp_directory(prefix="montage_edit_") as folder:
-                plan, used, reason = self._run_mode(
-                    WorkDir(folder), ranges, temp, mode, reason, runner, fade_s
+                plan, used, reason, enc = self._run_mode(
+                    WorkDir(folder), ranges, temp, mode, reason, runner, fade_s, enc
                 )
             check_unchanged(
                 fingerprints,
@@ -201,7 +216,7 @@ class VideoEditor:
         finally:
             temp.unlink(missing_ok=True)
             unregister_cleanup(token)
-        return plan, used, reason
+        return plan, used, reason, enc
 
     def _run_mode(
         self,
@@ -212,18 +227,18 @@ class VideoEditor:
         reason: str | None,
         runner: JobRunner,
         fade_s: float,
-    ) -> tuple[Assembly, str, str | None]:
+        enc: EncodeSettings | None,
+    ) -> tuple[Assembly, str, str | None, EncodeSettings | None]:
         from montage.ffmpeg.binary import ffmpeg_path
 
         ffmpeg = ffmpeg_path()
         first = ranges[0].source
         target = Target.from_format(first.fmt)
         abr, ts = first.fmt.audio_bit_rate, _timescale(first)
-        if mode == "copy":
+        if mode == "copy" or enc is None:
             plan = build_copy(ffmpeg, work, ranges, temp)
             runner.run_all(plan.jobs)
-            return plan, "copy", reason
-        enc = self._encode_settings(first)
+            return plan, "copy", reason, None
         if fade_s > 0:
             fade_frames = max(1, round(fade_s * float(target.fps)))
             plan = build_transitions(
@@ -238,9 +253,9 @@ class VideoEditor:
                 timescale=ts,
             )
             runner.run_all(plan.jobs)
-            return plan, "accurate", reason
+            return plan, "accurate", reason, enc
         if mode == "smart":
-            smart_enc = _smart_settings(first, enc)
+            smart_enc = encoding.smart_settings(first, enc)
             plan = build_pieces(
                 ffmpeg,
                 work,
@@ -255,7 +270,7 @@ class VideoEditor:
             runner.run_all(plan.jobs, share=0.8)
             why = verify_join(ffmpeg, temp, plan, runner)
             if why is None:
-                return plan, "smart", reason
+                return plan, "smart", reason, smart_enc
             log.warning(
                 "smart cut of %s failed verification (%s); re-encoding accurately", temp.name, why
             )
@@ -264,18 +279,11 @@ class VideoEditor:
             ffmpeg, work, ranges, target, enc, temp, audio_bit_rate=abr, timescale=ts
         )
         runner.run_all(plan.jobs)
-        return plan, "accurate", reason
+        return plan, "accurate", reason, enc
 
-    def _encode_settings(self, source: SourceIndex) -> EncodeSettings:
-        """The adaptive profile's preset/threads/lookahead for re-encoding this source."""
-        from montage.adaptive import get_safe_processing_config
-        from montage.ffmpeg.profiles import profile_settings
-
-        config = get_safe_processing_config(source.path, memory_limit_mb=self.memory_limit_mb)
-        knobs = profile_settings(config.ffmpeg_profile)
-        return EncodeSettings(
-            preset=knobs.preset, threads=knobs.encoder_threads, rc_lookahead=knobs.rc_lookahead
-        )
+    def _encode_settings(self, source: SourceIndex, choice: EncoderChoice) -> EncodeSettings:
+        """The chosen preset/CRF with bounded threads and lookahead, lowered if memory is short."""
+        return encoding.fit_to_memory(encoding.base_settings(choice), source, self.memory_limit_mb)
 
 
 def _cut_ranges(
@@ -382,19 +390,3 @@ def _choose_mode(mode: str, ranges: list[FrameRange], transitions: bool) -> tupl
 def _timescale(source: SourceIndex) -> int | None:
     tb = source.fmt.time_base
     return tb.denominator if tb.numerator == 1 and tb.denominator <= 1_000_000 else None
-
-
-def _smart_settings(source: SourceIndex, enc: EncodeSettings) -> EncodeSettings:
-    """Encoder settings whose output can sit between the source's own GOPs."""
-    from dataclasses import replace
-
-    fmt = source.fmt
-    encoder = "libx265" if fmt.codec == "hevc" else "libx264"
-    profile = (fmt.profile or "").lower()
-    if encoder == "libx264":
-        level = f"{fmt.level // 10}.{fmt.level % 10}" if fmt.level else None
-        return replace(
-            enc, encoder=encoder, profile=_X264_PROFILES.get(profile), level=level, no_bframes=True
-        )
-    hevc_profile = profile.replace(" ", "") if profile in ("main", "main 10") else None
-    return replace(enc, encoder=encoder, profile=hevc_profile, no_bframes=True)

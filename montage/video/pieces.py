@@ -53,10 +53,10 @@ class Target:
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """Video encoder options for re-encoded pieces (from the adaptive memory profile)."""
+    """Video encoder options for re-encoded pieces (chosen in ``montage.video.encoding``)."""
 
     encoder: str = "libx264"
-    preset: str = "veryfast"
+    preset: str = "superfast"
     threads: int = 0
     rc_lookahead: int = 10
     crf: int = 18

@@ -117,6 +117,31 @@ def test_extract_bad_segment_exits_2_naming_the_argument(
     assert not out.exists()
 
 
+def test_extract_preset_and_crf_reach_the_report(clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "veryfast.mp4"
+    args = ["extract", str(clip), "-s", "0.5-2.5", "-o", str(out), "--mode", "accurate"]
+    result = cli(*args, "--preset", "VeryFast", "--crf", "23", "--json")
+    assert result.returncode == 0, result.stderr
+    encoder = json.loads(result.stdout)["encoder"]
+    assert (encoder["preset"], encoder["crf"]) == ("veryfast", 23)
+    assert b"subme=2" in out.read_bytes() and b"crf=23.0" in out.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [("--preset", "fastest", "is not one of"), ("--crf", "52", "0<=x<=51"), ("--crf", "x", "")],
+)
+def test_extract_bad_encoder_option_exits_2_naming_it(
+    clip: Path, tmp_path: Path, option: str, value: str, expected: str
+) -> None:
+    out = tmp_path / "cut.mp4"
+    result = cli("extract", str(clip), "-s", "0-1", "-o", str(out), option, value)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert option in line and expected in line
+    assert not out.exists()
+
+
 def test_missing_and_fake_media_exit_2_with_one_line(tmp_path: Path) -> None:
     missing = cli("probe", str(tmp_path / "nope.mp4"))
     assert missing.returncode == 2
@@ -162,10 +187,18 @@ def test_highlights_main_job_with_html_report(make_clip: Any, tmp_path: Path) ->
         "--memory-report",
         str(report),
         "--json",
+        "--mode",
+        "accurate",
+        "--preset",
+        "ultrafast",
+        "--crf",
+        "30",
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert len(data["segments"]) == 2
+    encoder = data["edit"]["encoder"]
+    assert (encoder["preset"], encoder["crf"]) == ("ultrafast", 30)
     assert probe(out).duration_s == pytest.approx(4.0, abs=0.3)
     text = report.read_text()
     assert "<svg" in text and "budget" in text

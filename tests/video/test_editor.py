@@ -432,13 +432,13 @@ def test_smart_falls_back_to_accurate_when_the_join_does_not_decode(
 ) -> None:
     import dataclasses
 
-    import montage.video.editor as editor_module
+    import montage.video.encoding as encoding_module
     from montage.video.pieces import EncodeSettings
 
     def wrong_codec(_source: object, enc: EncodeSettings) -> EncodeSettings:
         return dataclasses.replace(enc, encoder="mpeg4")  # not what the copied GOPs are
 
-    monkeypatch.setattr(editor_module, "_smart_settings", wrong_codec)
+    monkeypatch.setattr(encoding_module, "smart_settings", wrong_codec)
     out = tmp_path / "fallback.mp4"
     report = editor.extract_and_concatenate_efficient(src6, three(src6), out, mode="smart")
     assert report.mode == "accurate"
