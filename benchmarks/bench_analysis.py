@@ -14,13 +14,16 @@ same machine load; ratios are taken per round, then the median):
 * ``analyze-fast``: ``analyze_video(clip, fast=True)`` (keyframes only);
 * ``scenedetect``: PySceneDetect's CLI ``scenedetect -i clip detect-content`` from its own venv
   (``--peers-venv``, default ``/tmp/peers/venv``; created with the peers if missing);
-* ``child-video`` / ``child-audio``: the ffmpeg children alone, with the argv ``analyze_video``
-  gives them for a single pass (``montage/video/analysis.py``: ``_video_pass``,
-  ``_audio_pass``), output discarded: where the time goes.
+* ``child-video`` / ``child-audio``: the video and the audio half of the analysis child's work
+  (``montage/video/decode.py``: ``_command``; analysis runs both in one child), output
+  discarded: where the time goes.
 
 Then ``analyze_video`` once (``--long-runs``) on the clip joined 6 times (60 minutes, concat
 demuxer ``-c copy``) for peak memory vs length. Every run is measured by ``_common.measure``:
-``/usr/bin/time -v`` max RSS (largest process) and a 50 ms process-tree RSS sampler.
+``/usr/bin/time -v`` max RSS (largest process) and a 50 ms process-tree RSS sampler. Last, one
+more ``analyze_video`` run per clip with a per-process sampler (``--no-breakdown`` skips it):
+the RSS of each process of the tree at the tree's peak, 10 vs 60 minutes, shows where growth
+with the file's length comes from.
 
     .venv/bin/python benchmarks/run.py analysis [--runs 3] [--long-runs 1] [--workdir DIR]
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +57,7 @@ from _common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+MIB = 1048576
 TARGET_DECODE_RATIO = 1.15
 TARGET_LENGTH_SPREAD = 0.10
 
@@ -122,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers-venv", default="/tmp/peers/venv")
     parser.add_argument("--only", default=None, help="comma-separated subset of the commands")
     parser.add_argument("--index-only", action="store_true", help="only the MP4 index section")
+    parser.add_argument(
+        "--no-breakdown", action="store_true", help="skip the per-process peak breakdown runs"
+    )
     args = parser.parse_args(argv)
 
     folder = workdir(args.workdir)
@@ -154,8 +162,78 @@ def main(argv: list[str] | None = None) -> int:
 
     _report(args, clip, long_clip, ffmpeg, commands, runs, long_runs, load_before, elapsed)
     if long_clip:
+        if not args.no_breakdown:
+            _breakdown(clip, long_clip)
         _index_cost(clip, long_clip, ffmpeg)
     return 0
+
+
+def _breakdown(clip: Path, long_clip: Path) -> None:
+    """Each process's RSS at the moment of the tree's peak, one analyze_video run per clip."""
+    peaks = {}
+    for label, path in (("10 min", clip), ("60 min", long_clip)):
+        peaks[label] = _tree_peak_by_process([sys.executable, "-c", CHILD, str(path), "full"])
+    print("\n### Where the tree's peak is, per process (one more run per clip)\n")
+    print(
+        "RSS of each process alive at the sample (50 ms) where the summed RSS of the tree was "
+        "highest; *anon* = RSS minus file-backed and shared pages (the heap: what grows).\n"
+    )
+    print("| process | 10 min RSS (anon) MiB | 60 min RSS (anon) MiB | growth RSS (anon) |")
+    print("|---|---:|---:|---:|")
+    short, long = peaks["10 min"], peaks["60 min"]
+    for name in sorted(set(short) | set(long), key=lambda n: (n != "Python", n)):
+        a, b = short.get(name, (0.0, 0.0)), long.get(name, (0.0, 0.0))
+        print(
+            f"| {name} | {a[0]:.1f} ({a[1]:.1f}) | {b[0]:.1f} ({b[1]:.1f}) "
+            f"| {b[0] - a[0]:+.1f} ({b[1] - a[1]:+.1f}) |"
+        )
+    total = [sum(r for r, _ in p.values()) for p in (short, long)]
+    print(
+        f"| **tree** | {total[0]:.1f} | {total[1]:.1f} | {total[1] - total[0]:+.1f} "
+        f"({total[1] / total[0] - 1:+.1%}) |"
+    )
+
+
+def _tree_peak_by_process(cmd: list[str]) -> dict[str, tuple[float, float]]:
+    """{process: (RSS MiB, anon MiB)} at the tree's summed-RSS peak, sampled every 50 ms."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL)
+    root = psutil.Process(proc.pid)
+    best: tuple[float, dict[str, tuple[float, float]]] = (0.0, {})
+    while proc.poll() is None:
+        sample: dict[str, tuple[float, float]] = {}
+        try:
+            members = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            break
+        for member in members:
+            try:
+                mem = member.memory_info()
+                argv = member.cmdline()
+            except psutil.Error:
+                continue
+            name = "Python" if member.pid == proc.pid else _child_name(argv, sample)
+            sample[name] = (mem.rss / MIB, (mem.rss - mem.shared) / MIB)
+        total = sum(r for r, _ in sample.values())
+        if total > best[0]:
+            best = (total, sample)
+        time.sleep(0.05)
+    if proc.wait() != 0:
+        raise RuntimeError(f"{cmd} exited with {proc.returncode}")
+    return best[1]
+
+
+def _child_name(argv: list[str], taken: dict[str, tuple[float, float]]) -> str:
+    if "-ss" in argv:
+        name = f"ffmpeg child from {float(argv[argv.index('-ss') + 1]):.0f} s"
+    elif "rawvideo" in argv:
+        name = "ffmpeg child from 0 s"
+    else:
+        name = "other child"
+    while name in taken:
+        name += "'"
+    return name
 
 
 INDEX_PROBE = """
@@ -177,13 +255,9 @@ def _index_cost(clip: Path, long_clip: Path, ffmpeg: str) -> None:
         "ffmpeg decode-only (5 s)": lambda c: [
             ffmpeg, "-nostdin", "-loglevel", "error", "-t", "5", "-i", str(c),
             "-map", "0:v", "-f", "null", "-"],
-        "ffmpeg analysis video child (5 s)": lambda c: [
-            ffmpeg, "-nostdin", "-loglevel", "error", "-t", "5", "-i", f"file:{c}",
-            "-map", "0:v:0", "-vf", "scale=64:36:flags=area,format=gray",
-            "-f", "rawvideo", "pipe:1"],
-        "ffmpeg analysis audio child (5 s)": lambda c: [
-            ffmpeg, "-nostdin", "-loglevel", "error", "-t", "5", "-i", f"file:{c}",
-            "-map", "0:a:0", "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1"],
+        "ffmpeg analysis child, video + audio (5 s)": lambda c: _child_5s(ffmpeg, c, []),
+        "the same, -advanced_editlist 0 (trivial edit lists)": lambda c: _child_5s(
+            ffmpeg, c, ["-advanced_editlist", "0"]),
         "Python: probe + adaptive config (PyAV)": lambda c: [
             sys.executable, "-c", INDEX_PROBE, str(c)],
     }  # fmt: skip
@@ -203,10 +277,23 @@ def _index_cost(clip: Path, long_clip: Path, ffmpeg: str) -> None:
             peaks.append(median([r.check().maxrss_mb or 0.0 for r in rs]))
         print(f"| {name} | {peaks[0]:.0f} | {peaks[1]:.0f} | {peaks[1] - peaks[0]:+.0f} |")
     print(
-        "\nanalyze_video's tree holds the Python parent (which probed the file with PyAV) and "
-        "2 video children at once (plus an audio child when one range finishes its video "
-        "first), so it pays this index ~3 times."
+        "\nanalyze_video's tree holds the Python parent, whose probes' pages are returned "
+        "(malloc_trim) before the decoding starts, and one ffmpeg child per range: one range "
+        "per 2 cores, so a 2-core machine pays the index once. The child skips ffmpeg's "
+        "edit-list rewrite of the index (`-advanced_editlist 0`) when the edit lists drop no "
+        "sample (`montage/ffmpeg/mp4boxes.py`: `trivial_edit_lists`)."
     )
+
+
+def _child_5s(ffmpeg: str, clip: Path, extra: list[str]) -> list[str]:
+    """The analysis child's argv (``montage/video/decode.py``), 5 s, audio to /dev/null."""
+    from montage.video.decode import SCALER
+
+    return [
+        ffmpeg, "-nostdin", "-loglevel", "error", "-y", *extra, "-t", "5", "-i", f"file:{clip}",
+        "-map", "0:v:0", "-vf", SCALER, "-f", "rawvideo", "pipe:1",
+        "-map", "0:a:0", "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "/dev/null",
+    ]  # fmt: skip
 
 
 def _ratios(runs: dict[str, list[Run]], num: str, den: str) -> list[float]:

@@ -10,8 +10,6 @@ picked after opening; and PyAV may only use the ``file`` protocol.
 from __future__ import annotations
 
 import math
-import os
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -36,6 +34,7 @@ from montage.ffmpeg.input_checks import (
     refuse_playlist,
     validate_input_path,
 )
+from montage.ffmpeg.mp4boxes import mp4_rotations
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -55,7 +54,6 @@ __all__ = [
 ]
 
 _TAIL_TOLERANCE_S = 1.0
-_MOOV_CAP_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -220,76 +218,6 @@ def _check_tail(path: Path, container: InputContainer, duration_s: float) -> Non
     if end_s < stated_end_s - max(_TAIL_TOLERANCE_S, 0.1 * duration_s):
         found = "no packets" if end_s == -math.inf else f"packets end at {end_s - start_s:.2f} s"
         raise corrupt_error(path, f"it says {duration_s:.2f} s but {found}")
-
-
-def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, payload end) of the ISO-BMFF boxes in ``data[start:end]``."""
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        header = 8
-        if size == 1 and pos + 16 <= end:
-            size, header = struct.unpack(">Q", data[pos + 8 : pos + 16])[0], 16
-        elif size == 0:
-            size = end - pos
-        if size < header or pos + size > end:
-            return
-        yield kind, pos + header, pos + size
-        pos += size
-
-
-def _read_moov(path: Path) -> bytes | None:
-    """The ``moov`` box's payload (capped at 64 MiB: this is a probe, not a loader)."""
-    with open(path, "rb") as fh:
-        while True:
-            header = fh.read(8)
-            if len(header) < 8:
-                return None
-            size, kind = struct.unpack(">I4s", header)
-            payload = size - 8
-            if size == 1:
-                payload = struct.unpack(">Q", fh.read(8))[0] - 16
-            elif size == 0:
-                payload = -1
-            if kind == b"moov":
-                return fh.read(min(payload, _MOOV_CAP_BYTES) if payload >= 0 else _MOOV_CAP_BYTES)
-            if payload < 0:
-                return None
-            fh.seek(payload, os.SEEK_CUR)
-
-
-def mp4_rotations(path: Path) -> dict[int, int]:
-    """Track id -> rotation (as ffmpeg's display matrix reports it) from each ``tkhd`` matrix.
-
-    PyAV 18 can write a stream's display matrix but not read it, so we read the
-    mp4/mov track headers ourselves: a few hundred bytes, no decoding.
-    """
-    try:
-        moov = _read_moov(path)
-    except (OSError, struct.error):
-        return {}
-    if moov is None:
-        return {}
-    result: dict[int, int] = {}
-    for kind, start, end in _boxes(moov, 0, len(moov)):
-        if kind != b"trak":
-            continue
-        for sub, s_start, s_end in _boxes(moov, start, end):
-            if sub == b"tkhd" and s_end - s_start >= 84:
-                track_id, degrees = _tkhd_rotation(moov[s_start:s_end])
-                result[track_id] = degrees
-    return result
-
-
-def _tkhd_rotation(tkhd: bytes) -> tuple[int, int]:
-    version = tkhd[0]
-    id_offset, matrix_offset = (20, 48) if version == 1 else (12, 40)
-    (track_id,) = struct.unpack(">I", tkhd[id_offset : id_offset + 4])
-    a, b, _u, c, d = struct.unpack(">5i", tkhd[matrix_offset : matrix_offset + 20])
-    if not (a or b or c or d):
-        return track_id, 0
-    degrees = -math.degrees(math.atan2(b, a))
-    return track_id, round(degrees / 90.0) * 90 % 360
 
 
 def probe(path: PathLike, *, trusted: bool = False, require_video: bool = False) -> MediaInfo:

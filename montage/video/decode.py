@@ -8,6 +8,11 @@ Exactness across ranges: a range starts one frame early (the frame before its fi
 needed to see a cut on the boundary) and its audio is kept from the 50 ms block boundary at or
 after its start to the one at or after its end, so parallel ranges tile the file exactly as one
 pass does: every frame is counted once and every audio block lands on the same grid.
+
+Memory that grows with the file: the child's demuxer holds the whole MP4 sample index. When no
+edit list drops a sample, ``-advanced_editlist 0`` gives the same frames and samples without
+libavformat's rewritten second copy of it; the budget reservation reuses the caller's probe
+rather than probing (loading the index) again in this thread.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class RangePlan:
     is_last: bool
     fps: Fraction
     keyframes: list[float] | None  # fast mode: decode these only
+    plain_edits: bool = False  # no edit list drops samples: ffmpeg may skip rewriting the index
 
 
 def frame_rate(info: MediaInfo) -> Fraction:
@@ -60,12 +66,23 @@ def plan_ranges(
     fps = frame_rate(info)
     total_frames = max(1, round(info.duration_s * fps))
     bounds = [round(total_frames * k / count) for k in range(count + 1)]
+    plain = _plain_edits(info)
     plans = []
     for k in range(count):
         start, end = float(bounds[k] / fps), float(bounds[k + 1] / fps)
         lead = float(1 / fps) if k > 0 and keyframes is None else 0.0
-        plans.append(RangePlan(start, end, max(0.0, start - lead), k == count - 1, fps, keyframes))
+        seek = max(0.0, start - lead)
+        plans.append(RangePlan(start, end, seek, k == count - 1, fps, keyframes, plain))
     return plans
+
+
+def _plain_edits(info: MediaInfo) -> bool:
+    """MP4/MOV whose edit lists drop no samples (``montage.ffmpeg.mp4boxes``)."""
+    from pathlib import Path
+
+    from montage.ffmpeg.mp4boxes import trivial_edit_lists
+
+    return "mp4" in info.container.split(",") and trivial_edit_lists(Path(info.path))
 
 
 def _aligned(t: float) -> float:
@@ -88,6 +105,7 @@ def decode_range(
     try:
         with memory_safe_ffmpeg(
             cmd, video_path=info.path, name="analyze", stdout=subprocess.PIPE,
+            reserve_mb=_reserve_mb(info, cmd),
             pass_fds=(write_fd,) if on_audio is not None else (),
         ) as proc:  # fmt: skip
             reader = None
@@ -119,6 +137,22 @@ def decode_range(
     return proc.peak_memory_mb
 
 
+def _reserve_mb(info: MediaInfo, cmd: list[str]) -> float | None:
+    """The budget model's need for ``cmd``, from the probe we already have.
+
+    Why not let ``memory_safe_ffmpeg`` predict it from ``video_path``: it would probe the file
+    again, in this thread, and a probe loads the whole sample index (+16 MiB for an hour of
+    video, partly kept by the heap) while the ffmpeg children are running.
+    """
+    from montage.ffmpeg.manager import guess_job
+    from montage.ffmpeg.profiles import FFmpegMemoryProfile, predict_peak_mb
+
+    try:
+        return predict_peak_mb(info, FFmpegMemoryProfile.BALANCED, **guess_job(cmd))
+    except (ValueError, KeyError):
+        return None  # memory_safe_ffmpeg falls back to its own prediction
+
+
 def _command(info: MediaInfo, plan: RangePlan, threads: int, audio_fd: int | None) -> list[str]:
     from montage.ffmpeg.binary import ffmpeg_path
 
@@ -127,6 +161,8 @@ def _command(info: MediaInfo, plan: RangePlan, threads: int, audio_fd: int | Non
         cmd += ["-skip_frame", "nokey"]
     if threads > 0:
         cmd += ["-threads", str(threads)]
+    if plan.plain_edits:  # same frames, without a second copy of the index (mov_fix_index)
+        cmd += ["-advanced_editlist", "0"]
     if plan.seek > 0:
         cmd += ["-ss", f"{plan.seek:.6f}"]
     if not plan.is_last:  # audio runs on to the block boundary after the end

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -263,3 +264,62 @@ def test_keyframe_scan_is_fast_on_a_long_file(make_clip: MakeClip) -> None:
     elapsed_s = time.perf_counter() - start
     assert len(times) == 60
     assert elapsed_s < 1.0
+
+
+# ---------------------------------------------------------------- mp4 edit lists
+
+
+def _box(kind: bytes, *payload: bytes) -> bytes:
+    body = b"".join(payload)
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def _movie(*edit_lists: list[tuple[int, int]], media_s: float = 10.0) -> bytes:
+    """A moov whose tracks (timescale 1000, 40 ms samples) have these (duration, media time)
+    edits (movie timescale 1000); an empty list means no ``edts`` box."""
+    mvhd = _box(b"mvhd", bytes(12), struct.pack(">II", 1000, int(media_s * 1000)), bytes(80))
+    traks = []
+    for edits in edit_lists:
+        elst = _box(
+            b"elst",
+            bytes(4),
+            struct.pack(">I", len(edits)),
+            *(struct.pack(">Iihh", d, t, 1, 0) for d, t in edits),
+        )
+        mdhd = _box(b"mdhd", bytes(12), struct.pack(">II", 1000, int(media_s * 1000)), bytes(4))
+        stts = _box(b"stts", bytes(4), struct.pack(">III", 1, int(media_s * 25), 40))
+        mdia = _box(b"mdia", mdhd, _box(b"minf", _box(b"stbl", stts)))
+        traks.append(_box(b"trak", *([_box(b"edts", elst)] if edits else []), mdia))
+    return _box(b"ftyp", b"isom", bytes(4)) + _box(b"moov", mvhd, *traks)
+
+
+@pytest.mark.parametrize(
+    ("edit_lists", "plain"),
+    [
+        (([],), True),  # no edit list
+        (([(10000, 0)], [(9979, 21)]), True),  # whole tracks; audio priming skipped
+        (([(21, -1), (10000, 0)],), True),  # a start delay, then the whole track
+        (([(10000, 80)],), True),  # starts 2 samples in (B-frame delay), runs past the end
+        (([(5000, 0)],), False),  # drops the second half
+        (([(4000, 0), (4000, 6000)],), False),  # two edits: a cut in the middle
+        (([(21, -1)],), False),  # nothing but an empty edit
+    ],
+)
+def test_trivial_edit_lists_only_when_no_sample_is_dropped(
+    tmp_path: Path, edit_lists: tuple[list[tuple[int, int]], ...], plain: bool
+) -> None:
+    from montage.ffmpeg.mp4boxes import trivial_edit_lists
+
+    path = tmp_path / "movie.mp4"
+    path.write_bytes(_movie(*edit_lists))
+    assert trivial_edit_lists(path) is plain
+
+
+def test_trivial_edit_lists_on_real_and_broken_files(clip: Path, tmp_path: Path) -> None:
+    from montage.ffmpeg.mp4boxes import trivial_edit_lists
+
+    assert trivial_edit_lists(clip) is True  # ffmpeg's own mp4: one edit per track
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(_movie([(10000, 0)])[:60])
+    assert trivial_edit_lists(broken) is False
+    assert trivial_edit_lists(tmp_path / "missing.mp4") is False

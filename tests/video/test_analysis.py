@@ -125,3 +125,50 @@ def test_audio_only_file_is_refused(tmp_path: Path, ffmpeg_exe: str) -> None:
     )
     with pytest.raises(NoVideoStreamError):
         analyze_video(out)
+
+
+def test_one_range_per_two_cores() -> None:
+    """Each range is one more MP4 demuxer holding the whole sample index: a 2-core machine
+    decodes in one child (its frame threads fill both cores)."""
+    from montage.video.analysis import _range_count
+
+    assert _range_count(3600.0, True, workers=2, cores=2) == 1
+    assert _range_count(3600.0, True, workers=2, cores=4) == 2
+    assert _range_count(3600.0, True, workers=3, cores=16) == 3
+    assert _range_count(3600.0, False, workers=8, cores=16) == 1
+    assert _range_count(30.0, True, workers=8, cores=16) == 1
+
+
+def test_the_file_is_probed_once_per_purpose_not_per_range(
+    scenes_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe loads the whole sample index (+16 MiB for an hour): the ffmpeg children's budget
+    reservation reuses the analysis' probe instead of probing again in each range's thread."""
+    import montage.ffmpeg.probe as probe_module
+
+    calls: list[str] = []
+    real = probe_module.probe
+
+    def counting(path: object, **kwargs: object) -> object:
+        calls.append(str(path))
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probe_module, "probe", counting)
+    analyze_video(scenes_clip, ranges=3)
+    assert len(calls) == 2, calls  # analyze_video's own + the adaptive config's
+
+
+def test_skipping_ffmpegs_edit_list_rewrite_changes_nothing(
+    scenes_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ffmpeg's own mp4 (AAC priming edit): ``-advanced_editlist 0`` gives the same result."""
+    import montage.video.decode as decode
+    from montage.ffmpeg.probe import probe
+
+    plans = decode.plan_ranges(probe(scenes_clip), 2)
+    assert all(plan.plain_edits for plan in plans)
+    assert "-advanced_editlist" in decode._command(probe(scenes_clip), plans[1], 1, None)
+    plain = analyze_video(scenes_clip, ranges=2)
+    monkeypatch.setattr(decode, "_plain_edits", lambda info: False)
+    default = analyze_video(scenes_clip, ranges=2)
+    assert plain.to_dict() | {"processing": None} == default.to_dict() | {"processing": None}
