@@ -3,8 +3,9 @@
 Why a module of its own: chaining is subtle and independent of *what* is cleaned. The handler
 runs the cleanup callable (``montage.resources.cleanup_all`` in practice) and then chains to the
 handler it replaced: a Python handler is called, so Ctrl-C still raises ``KeyboardInterrupt``;
-``SIG_IGN`` stays ignored; ``SIG_DFL`` (or a handler installed from C) ends the process the
-default way, re-raising the signal with ``SIG_DFL`` so a shell sees 143 for SIGTERM.
+``SIG_DFL`` (or a handler installed from C) ends the process the default way, re-raising the
+signal with ``SIG_DFL`` so a shell sees 143 for SIGTERM. A signal that was ignored (``SIG_IGN``:
+a job started with ``nohup`` or ``&``) stays ignored and cleans nothing, as the process goes on.
 ``montage.resources.install_signal_handlers`` is the public entry point.
 """
 
@@ -40,15 +41,19 @@ _state = _State()
 
 
 def _chain(signum: int, frame: FrameType | None) -> None:
-    """Clean up, then do what the previous handler would have done."""
+    """Clean up, then do what the previous handler would have done.
+
+    A signal that was ignored before (SIGINT of a job started in the background, ``nohup``)
+    stays ignored, and cleans nothing: the process goes on using its temp files.
+    """
+    previous = _state.previous_handlers.get(signum, signal.SIG_DFL)
+    if previous == signal.SIG_IGN:
+        return
     cleanup = _state.cleanup
     if cleanup is not None:
         cleanup()
-    previous = _state.previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)  # default SIGINT handler raises KeyboardInterrupt here
-        return
-    if previous == signal.SIG_IGN:
         return
     # SIG_DFL (or a handler installed from C we cannot call): die the default way.
     signal.signal(signum, signal.SIG_DFL)

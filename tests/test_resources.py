@@ -180,6 +180,11 @@ CHILD = textwrap.dedent(
     """
     import signal, sys, time
     from montage import resources
+    # Ctrl-C as in a terminal: a child inherits an ignored SIGINT (pytest started in the
+    # background by a non-interactive shell, as CI runners may), and Python then keeps it so
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if "--ignored" in sys.argv:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if "--own-handler" in sys.argv:
         def own(signum, frame):
             print("previous handler ran", flush=True)
@@ -247,6 +252,34 @@ def test_sigint_can_be_caught_by_the_application() -> None:
     code, out, _, paths = _run_child(signal.SIGINT, "--catch")
     assert code == 5
     assert "caught KeyboardInterrupt" in out
+    assert not any(p.exists() for p in paths)
+
+
+def test_an_ignored_sigint_stays_ignored_and_cleans_nothing() -> None:
+    """A job started with SIGINT ignored (``nohup``, ``&`` in a script) keeps running on it,
+    so its temp files must stay; SIGTERM still cleans up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "--ignored"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        paths = [Path(p) for p in proc.stdout.readline().split()]
+        assert len(paths) == 3 and all(p.exists() for p in paths), paths
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)  # still running: the signal was ignored
+        assert all(p.exists() for p in paths), "temp files of a running job were removed"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM, err
     assert not any(p.exists() for p in paths)
 
 

@@ -186,7 +186,10 @@ def test_bad_memory_limit_argument_raises_config_error() -> None:
 
 CHILD_SIGNAL = textwrap.dedent(
     """
-    import time
+    import signal, time
+    # Ctrl-C as in a terminal, whatever SIGINT disposition this child inherited (ignored when
+    # pytest was started in the background by a non-interactive shell)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from src.utils.memory_init import setup_memory_management
     from src.utils.resource_manager import managed_tempfile
     assert setup_memory_management()
