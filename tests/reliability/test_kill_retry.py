@@ -128,9 +128,42 @@ def test_minimal_profile_killed_is_not_retried_forever() -> None:
     assert "signal 9" in str(caught.value)
 
 
-def _edit(src: Path, out: Path) -> Any:
+class KillOnProgress:
+    """An editor progress callback that SIGKILLs the running video encode the first ``count``
+    times it reports, so every attempt of that one job dies, as under the OOM killer.
+
+    Why not ``Killer``: its thread polls the manager and, on a loaded machine, can sleep
+    through a whole short retry and then kill the *next* job (the audio) instead. The editor
+    calls this from the job's own thread while the job runs, naming the job.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.killed: list[int] = []
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if len(self.killed) >= self.count or not message.startswith("encode-"):
+            return
+        for job in get_ffmpeg_memory_manager().jobs():
+            if job.name == message and job.pid not in self.killed:
+                try:
+                    os.kill(job.pid, signal.SIGKILL)
+                except ProcessLookupError:  # it finished and was reaped since jobs()
+                    continue
+                self.killed.append(job.pid)
+
+
+@pytest.fixture(scope="module")
+def long_clip(make_clip: Any) -> Path:
+    """The CLI signal tests' clip: a 20 s cut of it encodes for seconds, so no stall of the
+    job's own thread outlasts an attempt (a 3 s cut of the 320x240 clip lasted ~0.3 s, and
+    then ran to its end unkilled)."""
+    return Path(make_clip(duration=60.0, size="640x480", gop=250))
+
+
+def _edit(src: Path, out: Path, progress: KillOnProgress) -> Any:
     return VideoEditor().extract_and_concatenate_efficient(
-        str(src), [VideoSegment(0.5, 3.5, str(src))], str(out), mode="accurate"
+        str(src), [VideoSegment(0.5, 20.5, str(src))], str(out), mode="accurate", progress=progress
     )
 
 
@@ -138,20 +171,22 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink())
 
 
-def test_editor_child_killed_every_time_fails_cleanly(clip: Path, tmp_path: Path) -> None:
+def test_editor_child_killed_every_time_fails_cleanly(long_clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "out" / "cut.mp4"
     out.parent.mkdir()
-    with Killer(count=2, delay_s=0.0), pytest.raises(FFmpegError) as caught:
-        _edit(clip, out)
+    killer = KillOnProgress(count=2)
+    with pytest.raises(FFmpegError) as caught:
+        _edit(long_clip, out, killer)
+    assert len(killer.killed) == 2
     assert caught.value.returncode == -signal.SIGKILL
     assert _files(out.parent) == [], "partial output or temp beside the target"
     assert _files(montage_temp_root()) == [], "temp files left behind"
 
 
-def test_editor_retries_a_job_killed_once(clip: Path, tmp_path: Path) -> None:
+def test_editor_retries_a_job_killed_once(long_clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "cut.mp4"
-    with Killer(count=1, delay_s=0.0) as killer:
-        report = _edit(clip, out)
+    killer = KillOnProgress(count=1)
+    report = _edit(long_clip, out, killer)
     assert len(killer.killed) == 1
     assert out.is_file()
-    assert abs(report.output_duration_s - 3.0) < 0.1
+    assert abs(report.output_duration_s - 20.0) < 0.1
