@@ -15,9 +15,10 @@ host where other programs use 5 GiB is not "critical" for us. The absolute floor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,18 +30,13 @@ from montage.memory.guard import _GUARD_BUDGET_MB as _GUARD_BUDGET_MB
 from montage.memory.guard import MemoryGuard, current_budget_mb, memory_guard
 from montage.memory.guard import _narrowest as _narrowest
 from montage.memory.limits import MemoryLimit, find_memory_limit
-from montage.memory.pressure import (
-    MemoryPressureLevel,
-    PressureThresholds,
-    classify,
-    effective_percent,
-)
+from montage.memory.pressure import MemoryPressureLevel, PressureThresholds
+from montage.memory.sampling import LEVEL, RawSample, _Sampler
 from montage.memory.sampling import _SteadyBand as _SteadyBand
 from montage.memory.sampling import _Ticker as _Ticker
 from montage.memory.tracking import ProcessTracker
 from montage.memory.tracking import _start_ticks as _start_ticks
 from montage.memory.tracking import _Tracked as _Tracked
-from montage.memory.usage import ProcessTreeReader, UsageReader
 
 logger = logging.getLogger("montage.memory")
 
@@ -74,6 +70,31 @@ class MemoryStats:
         return data
 
 
+def _stats(raw: RawSample) -> MemoryStats:
+    """The ``MemoryStats`` of one tick (built only when a caller, callback or listener asks)."""
+    timestamp, limit, used, machine_available, swap_used, psi_some, psi_full = raw[:7]
+    process_rss, tree_rss, percent, level = raw[7:]
+    budget_bytes = limit.configured_bytes
+    available_mb = machine_available / MIB
+    if budget_bytes is not None:
+        available_mb = min(available_mb, max(0, budget_bytes - tree_rss) / MIB)
+    return MemoryStats(
+        total_mb=limit.limit_bytes / MIB,
+        available_mb=available_mb,
+        used_mb=used / MIB,
+        percent_used=percent,
+        process_memory_mb=process_rss / MIB,
+        tree_memory_mb=tree_rss / MIB,
+        swap_used_mb=swap_used / MIB,
+        psi_some_avg10=psi_some,
+        psi_full_avg10=psi_full,
+        pressure_level=level,
+        limit_source=limit.source,
+        budget_mb=None if budget_bytes is None else budget_bytes / MIB,
+        timestamp=timestamp,
+    )
+
+
 @dataclass
 class ProcessInfo:
     """A tracked process; ``memory_mb`` is the live RSS of it and its descendants."""
@@ -104,11 +125,12 @@ class MemoryMonitor:
         self._configured = memory_limit
         self._lock = threading.RLock()
         self._limit: MemoryLimit | None = None
-        self._reader: UsageReader | None = None
-        self._tree_reader: ProcessTreeReader | None = None
-        self._band: _SteadyBand | None = None
+        self._sampler: _Sampler | None = None
         self._level = MemoryPressureLevel.LOW
         self._history: deque[MemoryStats] = deque(maxlen=max(1, history_size))
+        # Ticks not yet turned into MemoryStats (history() converts them): the sampler thread
+        # appends a tuple, which costs it a fraction of building the frozen dataclass.
+        self._pending: deque[RawSample | MemoryStats] = deque(maxlen=max(1, history_size))
         self._callbacks: list[LevelCallback] = []
         self._listeners: list[TickListener] = []
         self._tracker = ProcessTracker(self._root, self._lock)
@@ -170,13 +192,39 @@ class MemoryMonitor:
 
     def get_current_stats(self) -> MemoryStats:
         """Sample now, update the level and history, then run callbacks (outside the lock)."""
-        with self._lock:
+        stats = self._tick(os.getpid(), True)
+        assert stats is not None
+        return stats
+
+    def _tick(self, pid: int, want_stats: bool = False) -> MemoryStats | None:
+        """One sample of ``pid``'s tree; the sampler thread's hot path (``want_stats`` False).
+
+        A steady tick (same level, no listener) only appends the ``RawSample`` to the
+        history; the ``MemoryStats`` is built when a callback, listener or caller needs it.
+        """
+        lock = self._lock
+        lock.acquire()  # not ``with``: its __enter__/__exit__ lookups cost ~7 µs on a cold tick
+        try:
+            sampler = self._sampler or self._open_sampler()
             previous = self._level
-            stats = self._sample(previous)
-            level = self._level = stats.pressure_level
-            self._history.append(stats)
-            callbacks = list(self._callbacks) if level is not previous else None
+            raw = sampler.sample(previous, self._thresholds, pid)
+            tracker = self._tracker
+            if tracker.records and (  # skipped while no walked answer has changed
+                tracker.synced_reader is not sampler.tree
+                or tracker.synced_version != sampler.tree.version
+            ):
+                tracker.update(sampler.tree)  # off the walk just done
+            level = self._level = raw[LEVEL]
+            changed = level is not previous
+            if not (changed or want_stats or self._listeners):
+                self._pending.append(raw)
+                return None
+            stats = _stats(raw)
+            self._pending.append(stats)
+            callbacks = list(self._callbacks) if changed else None
             listeners = list(self._listeners) if self._listeners else None
+        finally:
+            lock.release()
         if callbacks:
             for callback in callbacks:
                 self._call_safely(callback, previous, level, stats)
@@ -185,68 +233,9 @@ class MemoryMonitor:
                 self._call_safely(listener, stats)
         return stats
 
-    def _sample(self, previous: MemoryPressureLevel) -> MemoryStats:
-        """One sample; the sampler thread's hot path, so it builds no object but the stats.
-
-        Why so spare: at 10 Hz every µs here is 0.001 % of a core, and with cold caches each
-        extra Python call or object costs several µs (benchmarks/bench_monitor.py).
-        """
-        limit = self._limit or self.limit
-        reader = self._reader
-        if reader is None:
-            reader = self._reader = UsageReader(limit, self._root)
-        used, machine_available, swap_used, psi_some, psi_full, ceiling, _ = reader.sample()
-        process_rss, tree_rss = self._walk_tree()
-        budget_bytes = limit.configured_bytes
-        percent = effective_percent(used, ceiling or limit.host_total_bytes, tree_rss, budget_bytes)
-        machine_available_mb = machine_available / MIB
-        level = self._classify(percent, machine_available_mb, psi_full, previous)
-        available_mb = machine_available_mb
-        if budget_bytes is not None:
-            available_mb = min(available_mb, max(0, budget_bytes - tree_rss) / MIB)
-        if self._tracked:
-            self._update_tracked(walked=True)
-        return MemoryStats(
-            total_mb=limit.limit_bytes / MIB,
-            available_mb=available_mb,
-            used_mb=used / MIB,
-            percent_used=percent,
-            process_memory_mb=process_rss / MIB,
-            tree_memory_mb=tree_rss / MIB,
-            swap_used_mb=swap_used / MIB,
-            psi_some_avg10=psi_some,
-            psi_full_avg10=psi_full,
-            pressure_level=level,
-            limit_source=limit.source,
-            budget_mb=None if budget_bytes is None else budget_bytes / MIB,
-            timestamp=time.time(),
-        )
-
-    def _classify(
-        self,
-        percent: float,
-        available_mb: float,
-        psi_full: float | None,
-        previous: MemoryPressureLevel,
-    ) -> MemoryPressureLevel:
-        """``classify``, skipped when the sample is inside ``previous``'s steady band.
-
-        Almost every tick leaves the level where it was; ``_SteadyBand`` says when that is
-        certain (it is derived from ``classify``'s own rules, and a property test checks the
-        two agree), and ``classify`` itself runs only near a threshold or on a change.
-        """
-        band = self._band
-        if band is None or band.level is not previous or band.thresholds is not self._thresholds:
-            band = self._band = _SteadyBand(previous, self._thresholds)
-        if band.holds(percent, available_mb, psi_full):
-            return previous
-        return classify(
-            percent,
-            available_mb=available_mb,
-            psi_full_avg10=psi_full,
-            previous=previous,
-            thresholds=self._thresholds,
-        )
+    def _open_sampler(self) -> _Sampler:
+        sampler = self._sampler = _Sampler(self._limit or self.limit, self._root)
+        return sampler
 
     @staticmethod
     def _call_safely(fn: Callable[..., None], *args: Any) -> None:
@@ -265,8 +254,13 @@ class MemoryMonitor:
             self._call_safely(callback, old, new, stats)
 
     def history(self) -> list[MemoryStats]:
+        """The latest samples, oldest first (at most ``history_size``)."""
         with self._lock:
-            return list(self._history)
+            history = self._history
+            for item in self._pending:
+                history.append(item if isinstance(item, MemoryStats) else _stats(item))
+            self._pending.clear()
+            return list(history)
 
     def register_callback(self, fn: LevelCallback) -> None:
         with self._lock:
@@ -298,8 +292,9 @@ class MemoryMonitor:
     def start(self) -> None:
         """Start the daemon sampler thread (idempotent)."""
         with self._lock:
-            if not self.running:
-                self._ticker = _Ticker(self.get_current_stats, self._interval, "montage-memory")
+            if not self.running:  # the thread samples the tree of the process that started it
+                tick = functools.partial(self._tick, os.getpid())
+                self._ticker = _Ticker(tick, self._interval, "montage-memory")
 
     def stop(self) -> None:
         """Stop the sampler and wait for it (idempotent; safe from a callback)."""
@@ -315,19 +310,9 @@ class MemoryMonitor:
             self._close_reader()
 
     def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        if self._tree_reader is not None:
-            self._tree_reader.close()
-            self._tree_reader = None
-
-    def _walk_tree(self) -> tuple[int, int]:
-        """(our RSS, our tree's RSS), walked once with kept-open files; see ``_update_tracked``."""
-        with self._lock:
-            if self._tree_reader is None:
-                self._tree_reader = ProcessTreeReader(self._root)
-            return self._tree_reader.read_totals()
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
 
     # --- tracked processes (tracking.py) ------------------------------------------------
 
@@ -341,19 +326,17 @@ class MemoryMonitor:
     def untrack_process(self, pid: int) -> None:
         self._tracker.untrack(pid)
 
-    def _update_tracked(self, walked: bool = False) -> None:
-        """Refresh tracked processes from a walk of our tree (``walked``: the one just done).
+    def _update_tracked(self) -> None:
+        """Refresh tracked processes from a fresh walk of our tree (``ProcessTracker.update``).
 
-        The sample's own walk already read our descendants (``ProcessTracker.update``).
+        Each sample does the same off its own walk (``_tick``).
         """
-        if not self._tracked:  # the common idle case: no work on the sampler's hot path
+        if not self._tracked:
             return
         with self._lock:
-            if not walked:
-                self._walk_tree()
-            reader = self._tree_reader
-            assert reader is not None
-            self._tracker.update(reader)
+            sampler = self._sampler or self._open_sampler()
+            sampler.tree.read_totals()
+            self._tracker.update(sampler.tree)
 
     def get_tracked_processes(self) -> list[ProcessInfo]:
         """Live tracked processes with fresh memory figures; dead ones drop out."""

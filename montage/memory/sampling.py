@@ -1,8 +1,11 @@
-"""The sampler's machinery: the thread that drives it and the band where its level cannot move.
+"""The sampler's hot path: the thread that drives it, one tick's measurement, the steady band.
 
-Both exist for one reason: the monitor samples ten times a second for the life of a job, so
-the wake-up and the per-tick classification are its two steady costs, and each is cut here
-(the measurements are in benchmarks/bench_monitor.py). ``monitor`` and ``guard`` use them.
+The monitor samples ten times a second for the life of a job, so what one tick costs is paid
+36,000 times an hour. Here it is cut to: a ``poll`` wake-up, one ``pread`` per kept-open file
+(meminfo, PSI, the pid cursor, each tree member's ``statm``), a few comparisons, and one tuple
+(``RawSample``) appended to the history; the ``MemoryStats`` object is built from it only when
+someone looks (a level change, a listener, ``history()``). The measurements behind each choice
+are in benchmarks/bench_monitor.py and benchmarks/results/monitor.md.
 """
 
 from __future__ import annotations
@@ -12,11 +15,43 @@ import math
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Final
 
-from montage.memory.pressure import MemoryPressureLevel, PressureThresholds
+from montage.memory.limits import MemoryLimit
+from montage.memory.pressure import (
+    MemoryPressureLevel,
+    PressureThresholds,
+    classify,
+    effective_percent,
+)
+from montage.memory.usage import ProcessTreeReader, UsageReader
 
 logger = logging.getLogger("montage.memory")
+
+MIB = 1024 * 1024
+
+RawSample = tuple[
+    float,
+    MemoryLimit,
+    int,
+    int,
+    int,
+    float | None,
+    float | None,
+    int,
+    int,
+    float,
+    MemoryPressureLevel,
+]
+"""One tick, unconverted: timestamp, the limit it was measured against, used bytes, the
+machine's available bytes, swap used bytes, PSI some / full avg10, our RSS, our tree's RSS,
+the effective percent and the level (``LEVEL``). ``MemoryMonitor`` turns it into ``MemoryStats``."""
+
+LEVEL: Final = 10
+"""Index of the level in a ``RawSample``."""
 
 
 class _SteadyBand:
@@ -58,13 +93,78 @@ class _SteadyBand:
         )
 
 
+class _Sampler:
+    """The kept-open readers and the steady band: one ``RawSample`` per ``sample`` call.
+
+    Not thread-safe: the monitor calls it under its lock.
+    """
+
+    def __init__(self, limit: MemoryLimit, root: Path) -> None:
+        self.limit = limit
+        self.usage = UsageReader(limit, root)
+        self.tree = ProcessTreeReader(root)
+        self.band: _SteadyBand | None = None
+
+    def sample(
+        self, previous: MemoryPressureLevel, thresholds: PressureThresholds, pid: int
+    ) -> RawSample:
+        """Measure once; the level is ``previous`` unless ``classify`` says otherwise.
+
+        ``classify`` runs only outside ``previous``'s steady band (near a threshold, or on a
+        change): the band is derived from its rules and a property test checks they agree.
+        """
+        limit = self.limit
+        used, available, swap_used, psi_some, psi_full, ceiling, _ = self.usage.sample()
+        process_rss, tree_rss = self.tree.read_totals(pid)
+        budget = limit.configured_bytes
+        total = ceiling or limit.host_total_bytes
+        if budget is None and total > 0:
+            percent = 100.0 * used / total  # effective_percent without a budget, inlined
+        else:
+            percent = effective_percent(used, total, tree_rss, budget)
+        available_mb = available / MIB
+        band = self.band
+        if band is None or band.level is not previous or band.thresholds is not thresholds:
+            band = self.band = _SteadyBand(previous, thresholds)
+        level = previous
+        if not (  # band.holds(percent, available_mb, psi_full), inlined for the hot path
+            band.low_pct <= percent < band.high_pct
+            and available_mb >= band.available_floor_mb
+            and (psi_full is None or psi_full < band.psi_limit)
+        ):
+            level = classify(
+                percent,
+                available_mb=available_mb,
+                psi_full_avg10=psi_full,
+                previous=previous,
+                thresholds=thresholds,
+            )
+        return (
+            time.time(),
+            limit,
+            used,
+            available,
+            swap_used,
+            psi_some,
+            psi_full,
+            process_rss,
+            tree_rss,
+            percent,
+            level,
+        )
+
+    def close(self) -> None:
+        self.usage.close()
+        self.tree.close()
+
+
 class _Ticker:
     """A daemon thread that calls ``fn`` every ``interval_s()`` seconds until stopped.
 
-    It sleeps in ``poll`` on a pipe rather than ``Event.wait(timeout)``: on this 2-vCPU VM
-    a timed ``Event.wait`` wake-up costs ~90 µs of CPU, ``select`` ~70 µs and a reused
-    ``poll`` object ~57 µs (no fd lists rebuilt per call), and the sampler wakes ten times a
-    second for the life of the job. Writing to the pipe still stops it at once.
+    It sleeps in ``poll`` on a pipe: on this 2-vCPU VM a 10 Hz wake-up costs ~50-65 µs of
+    CPU in ``poll`` or ``time.sleep``, ~70 in ``Lock.acquire(timeout)`` and ``select``, ~80
+    in ``Event.wait`` (benchmarks/results/monitor.md), and unlike ``time.sleep`` a byte on
+    the pipe stops it at once.
     """
 
     def __init__(self, fn: Callable[[], object], interval_s: Callable[[], float], name: str):
@@ -80,17 +180,20 @@ class _Ticker:
 
     def _run(self) -> None:
         failures = 0
-        poller = select.poll()
-        poller.register(self._read_fd, select.POLLIN)
+        fn, interval_s = self._fn, self._interval_s
+        poll = select.poll()
+        poll.register(self._read_fd, select.POLLIN)
+        wait = poll.poll
         try:
-            while not poller.poll(self._interval_s() * 1000.0):
+            while not wait(interval_s() * 1000.0):
                 try:
-                    self._fn()
-                    failures = 0
+                    fn()
                 except Exception:
                     failures += 1
                     if failures in (1, 10, 100) or failures % 1000 == 0:
                         logger.exception("memory sample failed (%d in a row)", failures)
+                else:
+                    failures = 0
         finally:
             os.close(self._read_fd)
 

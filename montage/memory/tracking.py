@@ -63,6 +63,10 @@ class ProcessTracker:
         self._root = root
         self._lock = lock
         self.records: dict[int, _Tracked] = {}
+        # The reader and its version at the last update that found every record in its walk:
+        # until that version moves, another update would change nothing (the monitor skips it).
+        self.synced_reader: ProcessTreeReader | None = None
+        self.synced_version = -1
 
     def track(self, pid: int, name: str, is_ffmpeg: bool) -> None:
         """Follow ``pid`` (and its descendants) until it exits; ignored if already gone."""
@@ -75,6 +79,7 @@ class ProcessTracker:
     def add(self, record: _Tracked) -> None:
         with self._lock:
             self.records[record.pid] = record
+            self.synced_reader = None
         self.refresh(record)
 
     def untrack(self, pid: int) -> None:
@@ -95,22 +100,32 @@ class ProcessTracker:
 
         Tracked ffmpeg are our descendants, so the walk already read them: their start time
         (identity) and subtree RSS come from it, at no extra cost. Only a process that is not
-        in the walk (not ours, or gone) is read on its own (``refresh``).
+        in the walk (not ours, or gone) is read on its own (``refresh``). Nothing is done while
+        the reader's ``version`` says no walked answer changed since the last update (the
+        sampler's steady tick with idle children).
         """
         with self._lock:
+            version = reader.version
+            if self.synced_reader is reader and self.synced_version == version:
+                return
             dead = []
-            for record in list(self.records.values()):
-                found = reader.walked(record.pid)
+            synced = True
+            walked = reader.walked
+            for record in self.records.values():  # nothing else changes it under the lock
+                found = walked(record.pid)
                 if found is None:
+                    synced = False
                     alive = self.refresh(record)
                 elif found[0] == record.start_ticks:
                     alive = True
-                    record.memory_mb = found[1] / MIB
-                    record.peak_memory_mb = max(record.peak_memory_mb, record.memory_mb)
+                    record.memory_mb = memory_mb = found[1] / MIB
+                    if memory_mb > record.peak_memory_mb:
+                        record.peak_memory_mb = memory_mb
                 else:  # a zombie, or the pid now belongs to another process
                     alive = False
                 if not alive:
                     dead.append(record)
+            self.synced_reader, self.synced_version = (reader if synced else None), version
             for record in dead:
                 if self.records.get(record.pid) is record:
                     del self.records[record.pid]

@@ -91,7 +91,7 @@ class _KeptFile:
 
 def _open_optional(path: Path) -> _KeptFile | None:
     try:
-        kept = _KeptFile(path)
+        kept = _KeptFile(path, size=256)  # PSI and swap files are one or two short lines
         kept.read()  # PSI files can exist yet refuse reads (psi=0 on the kernel command line)
     except OSError:
         return None
@@ -138,29 +138,33 @@ def _psi_avg10(data: bytes, kind: bytes) -> float | None:
         return None
 
 
-_MEMINFO_KEYS = (b"MemTotal:", b"\nMemAvailable:", b"\nSwapTotal:", b"\nSwapFree:")
-
-
 def _meminfo_kb(data: bytes) -> tuple[int | None, int | None, int, int]:
     """MemTotal, MemAvailable, SwapTotal and SwapFree (kB) of a meminfo text.
 
-    Why not ``_field`` four times: the sampler parses meminfo ten times a second and with
-    cold caches every call and split counts; this is one ``find`` and one ``int`` per key.
-    ``int`` ignores the padding before the number; anything unexpected (a missing line, no
-    " kB" unit, a fake file) takes the ``_field`` path, which gives the same results.
+    Why not ``_field`` four times: the sampler parses meminfo ten times a second, and on a
+    10 Hz thread every Python operation runs with cold caches (~11 µs a tick saved against a
+    loop over the keys, benchmarks/results/monitor.md). The kernel's layout (MemTotal first,
+    SwapFree right after SwapTotal, " kB" units) is read with six ``find``s and four ``int``s;
+    ``int`` ignores the padding. Anything else (a missing line, no unit, a fake file) takes
+    the ``_field`` path, which gives the same results.
     """
-    values: list[int] = []
-    for key in _MEMINFO_KEYS:
-        start = data.find(key)
-        end = data.find(b" kB\n", start)
-        if start < 0 or end < 0:
-            break
-        try:
-            values.append(int(data[start + len(key) : end]))
-        except ValueError:
-            break
-    if len(values) == 4 and data.startswith(b"MemTotal:"):
-        return values[0], values[1], values[2], values[3]
+    if data.startswith(b"MemTotal:"):
+        total_end = data.find(b" kB\n", 9)
+        available_at = data.find(b"\nMemAvailable:", total_end) + 14
+        available_end = data.find(b" kB\n", available_at)
+        swap_at = data.find(b"\nSwapTotal:", available_end) + 11
+        swap_end = data.find(b" kB\nSwapFree:", swap_at)
+        free_end = data.find(b" kB\n", swap_end + 13)
+        if total_end > 0 and available_at > 13 and swap_at > 11 and swap_end > 0 < free_end:
+            try:
+                return (
+                    int(data[9:total_end]),
+                    int(data[available_at:available_end]),
+                    int(data[swap_at:swap_end]),
+                    int(data[swap_end + 13 : free_end]),
+                )
+            except ValueError:
+                pass
     return (
         _field(data, b"MemTotal:"),
         _field(data, b"MemAvailable:"),
@@ -210,6 +214,8 @@ class UsageReader:
         self._stat: _KeptFile | None = None
         self._swap: _KeptFile | None = None
         self._psi: _KeptFile | None = None
+        self._psi_raw: bytes | None = None  # the PSI file as last read, and what it said
+        self._psi_last: tuple[float | None, float | None] = (None, None)
         self._version = 0
         self._ceiling_bytes = limit.host_total_bytes
         self._open_cgroup_files()
@@ -279,6 +285,10 @@ class UsageReader:
         return max(0, (current or 0) - inactive)
 
     def _psi_values(self) -> tuple[float | None, float | None]:
+        """PSI some / full avg10; parsed again only when the file's text changed.
+
+        The kernel recomputes the averages every 2 s, so most reads repeat the last one.
+        """
         if self._psi is None:
             return None, None
         try:
@@ -287,7 +297,9 @@ class UsageReader:
             self._psi.close()
             self._psi = None
             return None, None
-        return _psi_both(data)
+        if data != self._psi_raw:
+            self._psi_raw, self._psi_last = data, _psi_both(data)
+        return self._psi_last
 
     def _swap_used(self, swap_total_kb: int, swap_free_kb: int) -> int:
         if self._swap is not None:
@@ -302,17 +314,37 @@ class UsageReader:
         """``read()`` as a plain tuple: what the sampler needs, ten times a second.
 
         Why a tuple: building the frozen ``MemoryUsage`` costs the sampler more CPU than
-        the two ``pread`` calls of a host sample; the monitor only unpacks the numbers.
+        the two ``pread`` calls of a host sample; the monitor only unpacks the numbers. Why
+        flat (the kept files read here, not through their methods): on a thread that wakes
+        ten times a second every extra Python call and attribute runs with cold caches.
         """
-        total_kb, available_kb, swap_total_kb, swap_free_kb = _meminfo_kb(self._meminfo.read())
+        meminfo = self._meminfo
+        data = os.pread(meminfo.fd, meminfo.size, 0)
+        if len(data) >= meminfo.size:
+            data = meminfo.read()
+        total_kb, available_kb, swap_total_kb, swap_free_kb = _meminfo_kb(data)
         total_bytes = (total_kb or 0) * 1024 or self._limit.host_total_bytes
         host_available_bytes = total_bytes if available_kb is None else available_kb * 1024
         used = self._cgroup_used() if self._current is not None else None
         if used is None:
             used = max(0, total_bytes - host_available_bytes)
         available = min(max(0, self._ceiling_bytes - used), host_available_bytes)
-        psi_some, psi_full = self._psi_values()
-        swap_used = self._swap_used(swap_total_kb, swap_free_kb)
+        psi = self._psi
+        if psi is None:
+            psi_some = psi_full = None
+        else:
+            try:
+                text: bytes | None = os.pread(psi.fd, 256, 0)
+            except OSError:
+                text = None
+            if text is None or text != self._psi_raw:  # also a failed read, a long file
+                psi_some, psi_full = self._psi_values()
+            else:
+                psi_some, psi_full = self._psi_last
+        if self._swap is None:
+            swap_used = max(0, swap_total_kb - swap_free_kb) * 1024
+        else:
+            swap_used = self._swap_used(swap_total_kb, swap_free_kb)
         return (
             used,
             available,
