@@ -163,6 +163,7 @@ class _Proc:
         "leaf",
         "listed_at",
         "listed_threads",
+        "pid",
         "rss",
         "start",
         "statm",
@@ -173,7 +174,8 @@ class _Proc:
         "zombie",
     )
 
-    def __init__(self, statm_fd: int, task_fd: int, has_stat: bool) -> None:
+    def __init__(self, pid: int, statm_fd: int, task_fd: int, has_stat: bool) -> None:
+        self.pid = pid
         self.statm_fd = statm_fd
         self.task_fd = task_fd
         self.has_stat = has_stat
@@ -242,7 +244,7 @@ class _KeptProcs:
             task_fd = self._open(f"{base}/task", os.O_DIRECTORY)
         except OSError:
             return None
-        entry = self._procs[pid] = _Proc(statm_fd, task_fd, True)
+        entry = self._procs[pid] = _Proc(pid, statm_fd, task_fd, True)
         try:
             self._read_stat(pid, entry)
         except FileNotFoundError:  # a fake /proc tree without stat: threads are listed each time
@@ -283,7 +285,7 @@ class _KeptProcs:
 
     def _list_tids(self, pid: int, entry: _Proc, now: float) -> tuple[int, ...]:
         try:
-            tids = tuple(int(name) for name in os.listdir(f"{self._proc}/{pid}/task"))
+            tids = tuple(map(int, os.listdir(f"{self._proc}/{pid}/task")))
         except (OSError, ValueError):
             tids = ()
         fds = entry.children_fds

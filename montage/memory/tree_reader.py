@@ -162,12 +162,12 @@ class ProcessTreeReader(_KeptProcs):
 
         What the full walk would find, read with the fewest operations: each member's thread
         count (``fstat`` of its kept ``task``) and each thread's kept ``children`` file must
-        read as they did, and a multi-threaded member's thread list must be younger than
-        ``_TASKS_REFRESH_S`` (a thread that ended while another started). A reused pid
-        cannot hide behind unchanged text: the kept ``statm`` of the process that had it
-        fails once it is reaped. Anything else (a zombie, files not kept) returns None, and
-        the full walk runs. On a busy machine the pid cursor moves most ticks, so this, not
-        the full walk, is what those ticks cost.
+        read as they did, and a multi-threaded member's thread list, listed again once it is
+        ``_TASKS_REFRESH_S`` old (a thread that ended while another started), must not have
+        changed. A reused pid cannot hide behind unchanged text: the kept ``statm`` of the
+        process that had it fails once it is reaped. Anything else (a zombie, files not
+        kept) returns None, and the full walk runs. On a busy machine the pid cursor moves
+        most ticks, so this, not the full walk, is what those ticks cost.
         """
         members = self._members
         if not members:
@@ -191,7 +191,9 @@ class ProcessTreeReader(_KeptProcs):
                 if read is None or fstat(entry.task_fd).st_nlink - 2 != threads:
                     return None
                 if threads > 1 and now - entry.listed_at >= _TASKS_REFRESH_S:
-                    return None
+                    tids = entry.tids  # due to be listed again: only a new thread list walks
+                    if self._list_tids(entry.pid, entry, now) != tids:
+                        return None
                 for fd, text in read:
                     if pread(fd, 4096, 0) != text:
                         return None
