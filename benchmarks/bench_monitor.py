@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-runs", type=int, default=5)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS")
     args = parser.parse_args(argv)
-    command = " ".join([".venv/bin/python", "benchmarks/bench_monitor.py", *(argv or sys.argv[1:])])
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join([".venv/bin/python", "benchmarks/bench_monitor.py", *given])
     lines = [
         "## Memory monitor overhead",
         "",

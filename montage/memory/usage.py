@@ -150,12 +150,13 @@ def _meminfo_kb(data: bytes) -> tuple[int | None, int | None, int, int]:
     """
     if data.startswith(b"MemTotal:"):
         total_end = data.find(b" kB\n", 9)
-        available_at = data.find(b"\nMemAvailable:", total_end) + 14
+        available_at = data.find(b"\nMemAvailable:") + 14
         available_end = data.find(b" kB\n", available_at)
-        swap_at = data.find(b"\nSwapTotal:", available_end) + 11
+        swap_at = data.find(b"\nSwapTotal:") + 11
         swap_end = data.find(b" kB\nSwapFree:", swap_at)
         free_end = data.find(b" kB\n", swap_end + 13)
-        if total_end > 0 and available_at > 13 and swap_at > 11 and swap_end > 0 < free_end:
+        found = total_end > 0 and 13 < available_at < available_end
+        if found and 11 < swap_at <= swap_end < free_end:
             try:
                 return (
                     int(data[9:total_end]),

@@ -185,6 +185,29 @@ def test_history_is_a_bounded_ring(machine: FakeMachine) -> None:
     assert monitor.history() == samples[-5:]
 
 
+def test_sampler_ticks_fire_callbacks_once_and_fill_the_history(machine: FakeMachine) -> None:
+    """The thread's own path (``_tick``, no MemoryStats unless needed) keeps the semantics."""
+    monitor = MemoryMonitor(root=machine.root, history_size=8)
+    seen: list[tuple[Level, Level, Level]] = []
+    monitor.register_callback(lambda old, new, stats: seen.append((old, new, stats.pressure_level)))
+    percents = (10, 10, 75, 75, 85, 95, 86, 60, 60, 10)
+    for percent in percents:
+        machine.set_used_pct(percent)
+        monitor._tick(os.getpid())
+    assert seen == [
+        (Level.LOW, Level.MODERATE, Level.MODERATE),
+        (Level.MODERATE, Level.HIGH, Level.HIGH),
+        (Level.HIGH, Level.CRITICAL, Level.CRITICAL),
+        (Level.CRITICAL, Level.LOW, Level.LOW),
+    ]
+    history = monitor.history()
+    assert [round(s.percent_used) for s in history] == list(percents[-8:])
+    assert all(isinstance(s, MemoryStats) for s in history)
+    assert [s.timestamp for s in history] == sorted(s.timestamp for s in history)
+    last = monitor.get_current_stats()
+    assert monitor.history()[-1] is last and monitor.history()[:-1] == history[1:]
+
+
 def test_sampler_start_stop_idempotent_and_drives_callbacks(machine: FakeMachine) -> None:
     monitor = MemoryMonitor(root=machine.root, interval_s=0.02)
     changes = recorder(monitor)
@@ -257,6 +280,43 @@ def test_tracked_process_reports_live_memory_then_drops_out(
     sleeper.kill()
     sleeper.wait()
     assert monitor.get_tracked_processes() == []
+
+
+GROWER = """
+import sys
+print("ready", flush=True)
+sys.stdin.readline()
+block = bytearray(b"\\x01") * (40 * 1024 * 1024)  # written, so resident
+print("grown", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_sampler_ticks_follow_a_tracked_child_peak() -> None:
+    """Ticks skip the tracked update while nothing walked changed, but never miss growth."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", GROWER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        monitor = MemoryMonitor()
+        monitor.track_process(child.pid, "grower")
+        for _ in range(3):
+            monitor._tick(os.getpid())
+        [record] = monitor._tracked.values()
+        before = record.peak_memory_mb
+        child.stdin.write("grow\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "grown\n"
+        monitor._tick(os.getpid())
+        assert record.peak_memory_mb >= before + 35
+        assert record.memory_mb == record.peak_memory_mb
+        monitor.close()
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+        child.stdout.close()
 
 
 def test_zombie_is_not_reported_as_live(sleeper: subprocess.Popen[bytes]) -> None:

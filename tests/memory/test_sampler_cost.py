@@ -142,3 +142,65 @@ def test_reader_on_a_gone_process_is_empty() -> None:
     with ProcessTreeReader() as reader:
         tree = reader.read(child.pid)
     assert (tree.process_rss_bytes, tree.tree_rss_bytes, tree.children) == (0, 0, ())
+
+
+THREAD_SPAWNER = """
+import subprocess, sys, threading
+done = threading.Event()
+def spawn():
+    grandchild = subprocess.Popen(["sleep", "30"])
+    print(grandchild.pid, flush=True)
+    done.wait()
+    grandchild.kill(); grandchild.wait()
+print("ready", flush=True)
+sys.stdin.readline()
+thread = threading.Thread(target=spawn)
+thread.start()
+sys.stdin.readline()
+done.set(); thread.join()
+"""
+
+
+def test_reader_sees_a_child_forked_by_a_new_thread() -> None:
+    """A new thread's children are found at once: the re-check notices the thread count."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", THREAD_SPAWNER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        with ProcessTreeReader() as reader:
+            for _ in range(3):
+                assert [pid for pid, _ in reader.read().children] == [child.pid]
+            child.stdin.write("spawn\n")
+            child.stdin.flush()
+            grandchild = int(child.stdout.readline())
+            assert [pid for pid, _ in reader.read().children] == [child.pid, grandchild]
+            reference = process_tree_memory()
+            assert [pid for pid, _ in reference.children] == [child.pid, grandchild]
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+        child.stdout.close()
+
+
+def test_a_moved_pid_cursor_rechecks_without_walking_afresh(
+    family: tuple[subprocess.Popen[str], int],
+) -> None:
+    """Another process's fork (the cursor moves) costs a re-check, not a new walk."""
+    child, grandchild = family
+    with ProcessTreeReader() as reader:
+        first = reader.read()
+        members = reader._members
+        reader._cursor = b" moved"  # as if some unrelated process had just forked
+        again = reader.read()
+        assert reader._members is members  # the same walk, re-checked
+        assert [p for p, _ in again.children] == [p for p, _ in first.children]
+        assert [p for p, _ in again.children] == [child.pid, grandchild]
+        reader._cursor = b" moved"
+        reader._members[1].children_read = None  # what a zombie or an unkept file looks like
+        reader.read()
+        assert reader._members is not members  # anything the re-check cannot vouch for: a walk

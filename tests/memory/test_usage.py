@@ -10,11 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from montage.memory.limits import find_memory_limit
 from montage.memory.usage import (
     MemoryUsage,
     UsageReader,
+    _field,
+    _meminfo_kb,
     process_tree_memory,
     read_usage,
     rss_bytes,
@@ -371,3 +375,46 @@ def test_without_children_files_psutil_walks_the_tree(tmp_path: Path) -> None:
     page = os.sysconf("SC_PAGE_SIZE")
     assert tree.children == ((child.pid, 3 * page),)
     assert tree.tree_rss_bytes == 10 * page
+
+
+# --- meminfo parsing --------------------------------------------------------------------------
+
+
+def _reference_meminfo(data: bytes) -> tuple[int | None, int | None, int, int]:
+    return (
+        _field(data, b"MemTotal:"),
+        _field(data, b"MemAvailable:"),
+        _field(data, b"SwapTotal:") or 0,
+        _field(data, b"SwapFree:") or 0,
+    )
+
+
+MEMINFO_KEYS = ["MemTotal", "MemFree", "MemAvailable", "Buffers", "SwapTotal", "SwapFree", "Zswap"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(MEMINFO_KEYS),
+            st.integers(min_value=0, max_value=10**12),
+            st.sampled_from([" kB", "", " MB", "kB"]),
+            st.integers(min_value=0, max_value=9),
+        ),
+        max_size=9,
+        unique_by=lambda line: line[0],  # the kernel writes each key once
+    )
+)
+def test_meminfo_fast_parse_agrees_with_the_field_parser(
+    lines: list[tuple[str, int, str, int]],
+) -> None:
+    """The sampler's find-based parse gives what ``_field`` gives, for any layout."""
+    text = "".join(f"{key}:{' ' * pad}{value}{unit}\n" for key, value, unit, pad in lines)
+    data = text.encode()
+    assert _meminfo_kb(data) == _reference_meminfo(data)
+
+
+def test_meminfo_fast_parse_of_the_real_file() -> None:
+    data = Path("/proc/meminfo").read_bytes()
+    assert _meminfo_kb(data) == _reference_meminfo(data)
+    assert _meminfo_kb(data)[1] is not None
