@@ -32,18 +32,28 @@ RSS_TARGET_MB = 10.0
 # What one tick does, and the floor under it (measured separately on this VM, see the report's
 # history in git): kept with the table so a re-run does not lose why the figure is what it is.
 SAMPLE_NOTE = [
-    "What a tick costs: a steady tick is a `poll` wake-up, two kept-open `pread`s "
-    "(meminfo, PSI), one of `/proc/loadavg` (the last pid allocated: if it has not moved, "
-    "nothing can have joined our tree) and one `statm` `pread` per tree member; the full "
-    "walk (thread counts, `children` files) runs only after a pid allocation and once a "
-    "second; `classify` is skipped inside the level's steady band. Before this "
-    "(~60 syscalls a tick: open/read/close per file, a `task` listing per process, every "
-    "tracked child walked again) the same benchmark measured ~470 µs a tick. The floor: a "
-    "thread that only wakes at 10 Hz and does nothing costs 57-150 µs CPU a tick here, "
-    "depending on how busy the host is (idle vCPUs wake slowly and with cold caches), "
-    "i.e. 0.06-0.15 % of the 0.2 % budget before any Python runs; the remaining cost is "
-    "diffuse (interpreter and kernel cache misses: ~65 % in libpython, ~30 % kernel by "
-    "`perf`). Sampling less often (`interval_s`) lowers it proportionally.",
+    "What a tick costs (measured on this VM by waking a thread at 10 Hz and timing each "
+    "variant of the tick in turn, so all see the same machine): the wake-up alone is "
+    "~50-65 µs of CPU (`poll` on a pipe; `time.sleep` ~5 µs less but cannot be woken to "
+    "stop, `select` ~10 and `Event.wait` ~25 more). Everything after it runs with cold "
+    "caches: the first `pread` of a tick costs 15-20 µs and a second one of the same kind "
+    "~1.5, the first `fstat` ~20, a `with` on a lock ~7 more than `acquire()`/`release()`, "
+    "and Python code costs ~10x what it does warm (`perf`: ~57 % in libpython, a third of "
+    "that the eval loop; ~33 % in the kernel, of which `meminfo` is the largest single "
+    "file). So a tick is cut to the fewest distinct operations: a steady tick is the "
+    "wake-up, one `pread` each of meminfo, PSI and `/proc/loadavg` (the last pid "
+    "allocated: if it has not moved, nothing can have joined our tree) and of each tree "
+    "member's `statm`; text that has not changed since the last tick (PSI, an idle child's "
+    "`statm`) is not parsed again, `classify` is skipped inside the level's steady band, "
+    "tracked children are updated only when the walk's figures moved, and the tick appends "
+    "a tuple to the history (the `MemoryStats` objects are built when read). When another "
+    "process on the machine forks (most ticks on a busy host), the last walk is re-checked "
+    "(`fstat` of each member's `task` directory, a `pread` of each thread's `children` "
+    "file), and only a changed tree is walked afresh. Those three kinds of tick cost about "
+    "+130, +160 and +200 µs over the idle wake-up; the same reads written as one bare "
+    "function cost +85-100. Before this change the same benchmark measured 330 µs a "
+    "sample (and ~470 before the kept-open files). Sampling less often (`interval_s`) "
+    "lowers the cost proportionally.",
 ]
 
 CPU_CHILD = """
