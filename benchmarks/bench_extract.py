@@ -264,8 +264,9 @@ def encode_rows(runs: int, clip: Path, seg_s: float, folder: Path) -> None:
     })  # fmt: skip
     print("### smart vs accurate (frame-exact cuts)\n")
     print(
-        "Each run is a child Python process (interpreter start included); "
-        "the adaptive profile picks the encoder preset.\n"
+        "Each run is a child Python process (interpreter start included), with the editor's "
+        "default encoder (x264 ultrafast, CRF 18, 2 threads; smart's heads and tails on 1 "
+        "thread) unless memory pressure lowers it.\n"
     )
     print("| mode | wall median (s) | walls (s) | tree peak median (MiB) | peaks (MiB) |")
     print("|---|---|---|---|---|")

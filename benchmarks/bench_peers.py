@@ -7,7 +7,9 @@ machine load; ratios are taken per round, then the median):
 
 * ``montage-copy`` / ``montage-smart`` / ``montage-accurate``:
   ``VideoEditor().extract_and_concatenate_efficient(clip, segments, out, mode=...)`` in a fresh
-  Python (the project venv);
+  Python (the project venv), with the editor's default encoder (x264 ultrafast, CRF 18: the
+  preset MoviePy is run with here, at a higher quality); ``montage-accurate-veryfast``: the
+  same with ``VideoEditor(preset="veryfast")``, the smaller-file choice;
 * ``moviepy``: ``VideoFileClip(clip)``, ``subclipped`` per segment, ``concatenate_videoclips``,
   ``write_videofile(preset="ultrafast")`` (libx264 + AAC) in a fresh Python of the peers' venv
   (``--peers-venv``, default ``/tmp/peers/venv``, created with MoviePy if missing).
@@ -58,7 +60,9 @@ from montage.video.editor import VideoEditor
 from montage.video.segments import VideoSegment
 clip, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 segments = [VideoSegment(s, e, clip) for s, e in json.loads(sys.argv[4])]
-report = VideoEditor().extract_and_concatenate_efficient(clip, segments, out, mode=mode)
+preset = sys.argv[5] if len(sys.argv) > 5 else None  # None: the default encoder
+editor = VideoEditor(preset=preset)
+report = editor.extract_and_concatenate_efficient(clip, segments, out, mode=mode)
 print(json.dumps(report.to_dict()))
 """
 
@@ -73,7 +77,14 @@ final.write_videofile(out, codec="libx264", audio_codec="aac", preset="ultrafast
 source.close()
 """
 
-JOBS = ("montage-copy", "montage-smart", "montage-accurate", "moviepy")
+# montage-<mode>[-<preset>]: the editor's default encoder, or the preset named
+JOBS = (
+    "montage-copy",
+    "montage-smart",
+    "montage-accurate",
+    "montage-accurate-veryfast",
+    "moviepy",
+)
 
 
 def _env() -> dict[str, str]:
@@ -87,8 +98,9 @@ def _command(job: str, clip: Path, out: Path, peers_venv: Path) -> list[str]:
     if job == "moviepy":
         return [str(peers_venv / "bin" / "python"), "-c", MOVIEPY_CHILD, str(clip), str(out),
                 segments]  # fmt: skip
-    mode = job.removeprefix("montage-")
-    return [sys.executable, "-c", MONTAGE_CHILD, str(clip), str(out), mode, segments]
+    mode, _, preset = job.removeprefix("montage-").partition("-")
+    cmd = [sys.executable, "-c", MONTAGE_CHILD, str(clip), str(out), mode, segments]
+    return cmd + ([preset] if preset else [])
 
 
 def _encoder_text(enc: object) -> str:
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[Run]] = {job: [] for job in jobs}
     failures: dict[str, str] = {}
     durations: dict[str, float | None] = {}
+    sizes: dict[str, int] = {}
     for _ in range(args.runs):
         for job in jobs:
             if job in failures:
@@ -157,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             if job.startswith("montage-"):
                 run.extra = json.loads(run.stdout.strip().splitlines()[-1])
             durations[job] = _duration(out)
+            sizes[job] = out.stat().st_size
             out.unlink(missing_ok=True)
             runs[job].append(run)
             print(
@@ -165,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     elapsed = time.monotonic() - started
-    _report(args, clip, ffmpeg, venv, jobs, runs, failures, durations, load_before, elapsed)
+    _report(
+        args, clip, ffmpeg, venv, jobs, runs, failures, (durations, sizes), load_before, elapsed
+    )
     return 0
 
 
@@ -177,7 +193,7 @@ def _report(
     jobs: list[str],
     runs: dict[str, list[Run]],
     failures: dict[str, str],
-    durations: dict[str, float | None],
+    outputs: tuple[dict[str, float | None], dict[str, int]],
     load_before: str,
     elapsed: float,
 ) -> None:
@@ -208,18 +224,19 @@ def _report(
     )
     print(
         "| job | wall (s), median | min–max | CPU (s) | largest process (MiB) | tree (MiB) "
-        "| output (s) |"
+        "| output (s) | output (MB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    durations, sizes = outputs
     for job in jobs:
         if not runs[job]:
-            print(f"| {job} | failed: {failures.get(job, '?')[:120]} | | | | | |")
+            print(f"| {job} | failed: {failures.get(job, '?')[:120]} | | | | | | |")
             continue
         s = summary(runs[job])
         print(
             f"| {job} | {fmt(s['wall_s'])} | {fmt(s['min_wall_s'])}–{fmt(s['max_wall_s'])} "
             f"| {fmt(s['cpu_s'])} | {fmt(s['maxrss_mb'], 0)} | {fmt(s['tree_peak_mb'], 0)} "
-            f"| {fmt(durations.get(job), 2)} |"
+            f"| {fmt(durations.get(job), 2)} | {fmt(sizes.get(job, 0) / 1e6 or None, 1)} |"
         )
     print()
     if runs.get("moviepy"):

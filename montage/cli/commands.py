@@ -38,7 +38,7 @@ _preset_option = click.option(
     "--preset",
     type=click.Choice(PRESETS, case_sensitive=False),
     default=None,
-    help="Encoder preset of re-encoded parts (accurate/smart/transitions) [default: superfast]. "
+    help="Encoder preset of re-encoded parts (accurate/smart/transitions) [default: ultrafast]. "
     "Slower presets give smaller files for more time and memory.",
 )
 _crf_option = click.option(

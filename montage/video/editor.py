@@ -86,7 +86,7 @@ class VideoEditor:
     """Cuts and joins segments with every ffmpeg child budgeted, capped and cleaned up.
 
     ``preset`` (x264/x265 preset name) and ``crf`` (0-51, lower is better and larger) set the
-    re-encodes of accurate and smart mode and of crossfades; None means the default (superfast,
+    re-encodes of accurate and smart mode and of crossfades; None means the default (ultrafast,
     CRF 18; see ``montage.video.encoding``). Memory pressure can still lower them.
     """
 

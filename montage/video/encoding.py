@@ -2,14 +2,16 @@
 
 Only accurate mode, smart mode's partial GOPs and crossfades re-encode; copy never does.
 
-Defaults (measured at 1080p30 on 2 CPUs with the bundled ffmpeg, 600 frames, x264 at CRF 18;
-``benchmarks/results/peers.md``): ``superfast`` with 2 encoder threads peaks at 231 MiB and
-takes 11 s of CPU, against ``veryfast`` 278 MiB / 14 s, ``medium`` (the profile's old choice,
-rc-lookahead 40) 483 MiB / 29 s and ``ultrafast`` 120 MiB / 6 s. At CRF 18 superfast's output
-is as large as MoviePy's (ultrafast, CRF 23) with a higher SSIM, so it beats MoviePy on speed,
-memory and quality at once; ``veryfast``/``medium`` give ~40 % smaller files for 1.3-2.6x the
-CPU. Smart mode's heads and tails are a second or two each: they run with one encoder thread
-(179 MiB instead of 231) at no noticeable cost in time.
+The default is x264 ``ultrafast`` at CRF 18 with 2 encoder threads: the speed and memory of the
+fastest tools, at a high quality, in exchange for larger files. Measured at 1080p30 on 2 CPUs
+with the bundled ffmpeg (600 frames re-encoded from an ultrafast source; CPU s, peak RSS of the
+ffmpeg child, size, SSIM against the source): ultrafast 5.7 s, 120 MiB, 47 MB, 31.1 dB;
+superfast 11.3 s, 231 MiB, 35 MB, 29.9 dB; veryfast 14.3 s, 278 MiB, 21 MB, 25.5 dB; medium
+(rc-lookahead 40, the editor's old setting) 29.3 s, 483 MiB, 23 MB, 26.8 dB. Side by side with
+MoviePy (which encodes with ultrafast at CRF 23), only ultrafast beat it on wall time on a
+loaded 2-CPU machine; superfast used less CPU but lost on wall (``benchmarks/results/peers.md``).
+Pick ``preset="veryfast"`` or slower for files ~half the size at 2.5x the CPU or more. Smart
+mode's heads and tails are a second or two each: they run on one encoder thread.
 
 Limits: x264's lookahead is capped at ``MAX_LOOKAHEAD`` frames (each costs ~7 MiB at 1080p;
 medium's 40 costs ~200 MiB more than 10 for little gain); threads at ``MAX_THREADS``. Under
@@ -46,7 +48,7 @@ PRESETS = (
     "veryslow",
     "placebo",
 )
-DEFAULT_PRESET = "superfast"
+DEFAULT_PRESET = "ultrafast"
 DEFAULT_CRF = 18
 MAX_LOOKAHEAD = 20
 MAX_THREADS = 4

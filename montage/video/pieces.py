@@ -56,7 +56,7 @@ class EncodeSettings:
     """Video encoder options for re-encoded pieces (chosen in ``montage.video.encoding``)."""
 
     encoder: str = "libx264"
-    preset: str = "superfast"
+    preset: str = "ultrafast"
     threads: int = 0
     rc_lookahead: int = 10
     crf: int = 18

@@ -97,7 +97,7 @@ def test_bad_choice_per_call_writes_nothing(src6: Path, tmp_path: Path) -> None:
 
 def test_call_over_editor_over_context_over_default() -> None:
     default = EncoderChoice()
-    assert encoding.base_settings(default).preset == encoding.DEFAULT_PRESET == "superfast"
+    assert encoding.base_settings(default).preset == encoding.DEFAULT_PRESET == "ultrafast"
     assert encoding.base_settings(default).crf == encoding.DEFAULT_CRF == 18
     with encoder_defaults(preset="medium", crf=30):
         context = encoding.current_defaults()
@@ -123,22 +123,22 @@ def test_lookahead_and_threads_are_bounded(preset: str) -> None:
 # ----------------------------------------------------------------- real encodes
 
 
-def test_default_accurate_edit_uses_superfast_crf18(src6: Path, tmp_path: Path) -> None:
+def test_default_accurate_edit_uses_ultrafast_crf18(src6: Path, tmp_path: Path) -> None:
     out = tmp_path / "default.mp4"
     report = VideoEditor().extract_and_concatenate_efficient(
         src6, segments(src6), out, mode="accurate"
     )
     assert report.encoder is not None
-    assert report.encoder["preset"] == "superfast" and report.encoder["crf"] == 18
+    assert report.encoder["preset"] == "ultrafast" and report.encoder["crf"] == 18
     options = x264_options(out)
     assert options, "no x264 settings in the output"
     for opts in options:
-        assert opts["subme"] == str(SUBME["superfast"]) and opts["crf"] == "18.0"
+        assert opts["subme"] == str(SUBME["ultrafast"]) and opts["crf"] == "18.0"
     assert frame_count(out) == report.expected_frames == 25 + 33 + 50
 
 
 @pytest.mark.parametrize(
-    ("mode", "preset", "crf"), [("accurate", "ultrafast", 30), ("smart", "veryfast", 24)]
+    ("mode", "preset", "crf"), [("accurate", "superfast", 30), ("smart", "veryfast", 24)]
 )
 def test_chosen_preset_and_crf_reach_the_encoder(
     src6: Path, tmp_path: Path, mode: str, preset: str, crf: int
@@ -169,12 +169,12 @@ def test_copy_reports_no_encoder(src6: Path, tmp_path: Path) -> None:
 
 def test_context_defaults_reach_an_editor_made_inside(src6: Path, tmp_path: Path) -> None:
     out = tmp_path / "ctx.mp4"
-    with encoder_defaults(preset="ultrafast", crf=35):
+    with encoder_defaults(preset="veryfast", crf=35):
         report = VideoEditor().extract_and_concatenate_efficient(
             src6, [VideoSegment(0.5, 2.0, src6)], out, mode="accurate"
         )
     assert report.encoder is not None
-    assert (report.encoder["preset"], report.encoder["crf"]) == ("ultrafast", 35)
+    assert (report.encoder["preset"], report.encoder["crf"]) == ("veryfast", 35)
     assert all(o["crf"] == "35.0" for o in x264_options(out))
 
 
