@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,9 +71,14 @@ class MemoryStats:
         return data
 
 
-def _stats(raw: RawSample) -> MemoryStats:
+def _wall_offset() -> float:
+    """What to add to a ``time.monotonic()`` reading to get ``time.time()``."""
+    return time.time() - time.monotonic()
+
+
+def _stats(raw: RawSample, wall_offset: float) -> MemoryStats:
     """The ``MemoryStats`` of one tick (built only when a caller, callback or listener asks)."""
-    timestamp, limit, used, machine_available, swap_used, psi_some, psi_full = raw[:7]
+    taken, limit, used, machine_available, swap_used, psi_some, psi_full = raw[:7]
     process_rss, tree_rss, percent, level = raw[7:]
     budget_bytes = limit.configured_bytes
     available_mb = machine_available / MIB
@@ -91,7 +97,7 @@ def _stats(raw: RawSample) -> MemoryStats:
         pressure_level=level,
         limit_source=limit.source,
         budget_mb=None if budget_bytes is None else budget_bytes / MIB,
-        timestamp=timestamp,
+        timestamp=taken + wall_offset,
     )
 
 
@@ -219,7 +225,7 @@ class MemoryMonitor:
             if not (changed or want_stats or self._listeners):
                 self._pending.append(raw)
                 return None
-            stats = _stats(raw)
+            stats = _stats(raw, _wall_offset())
             self._pending.append(stats)
             callbacks = list(self._callbacks) if changed else None
             listeners = list(self._listeners) if self._listeners else None
@@ -256,9 +262,9 @@ class MemoryMonitor:
     def history(self) -> list[MemoryStats]:
         """The latest samples, oldest first (at most ``history_size``)."""
         with self._lock:
-            history = self._history
+            history, offset = self._history, _wall_offset()
             for item in self._pending:
-                history.append(item if isinstance(item, MemoryStats) else _stats(item))
+                history.append(item if isinstance(item, MemoryStats) else _stats(item, offset))
             self._pending.clear()
             return list(history)
 

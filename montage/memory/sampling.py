@@ -46,9 +46,10 @@ RawSample = tuple[
     float,
     MemoryPressureLevel,
 ]
-"""One tick, unconverted: timestamp, the limit it was measured against, used bytes, the
-machine's available bytes, swap used bytes, PSI some / full avg10, our RSS, our tree's RSS,
-the effective percent and the level (``LEVEL``). ``MemoryMonitor`` turns it into ``MemoryStats``."""
+"""One tick, unconverted: ``time.monotonic()`` when taken, the limit it was measured
+against, used bytes, the machine's available bytes, swap used bytes, PSI some / full avg10,
+our RSS, our tree's RSS, the effective percent and the level (``LEVEL``). ``MemoryMonitor``
+turns it into ``MemoryStats`` (whose ``timestamp`` is wall time)."""
 
 LEVEL: Final = 10
 """Index of the level in a ``RawSample``."""
@@ -101,6 +102,8 @@ class _Sampler:
 
     def __init__(self, limit: MemoryLimit, root: Path) -> None:
         self.limit = limit
+        self.budget = limit.configured_bytes
+        self.host_total = limit.host_total_bytes
         self.usage = UsageReader(limit, root)
         self.tree = ProcessTreeReader(root)
         self.band: _SteadyBand | None = None
@@ -113,11 +116,11 @@ class _Sampler:
         ``classify`` runs only outside ``previous``'s steady band (near a threshold, or on a
         change): the band is derived from its rules and a property test checks they agree.
         """
-        limit = self.limit
+        now = time.monotonic()  # one clock a tick: the wall time is derived when converted
         used, available, swap_used, psi_some, psi_full, ceiling, _ = self.usage.sample()
-        process_rss, tree_rss = self.tree.read_totals(pid)
-        budget = limit.configured_bytes
-        total = ceiling or limit.host_total_bytes
+        process_rss, tree_rss = self.tree.read_totals(pid, now)
+        budget = self.budget
+        total = ceiling or self.host_total
         if budget is None and total > 0:
             percent = 100.0 * used / total  # effective_percent without a budget, inlined
         else:
@@ -140,8 +143,8 @@ class _Sampler:
                 thresholds=thresholds,
             )
         return (
-            time.time(),
-            limit,
+            now,
+            self.limit,
             used,
             available,
             swap_used,

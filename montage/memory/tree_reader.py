@@ -69,7 +69,7 @@ class ProcessTreeReader(_KeptProcs):
         children = tuple((child, procs[child].rss) for child in self._order)
         return TreeMemory(process_rss_bytes=own, tree_rss_bytes=tree, children=children)
 
-    def read_totals(self, pid: int | None = None) -> tuple[int, int]:
+    def read_totals(self, pid: int | None = None, now: float | None = None) -> tuple[int, int]:
         """``(process RSS, tree RSS)`` of ``read``, without building the per-child tuple.
 
         Re-reads only the members' RSS while the tree cannot have changed, else walks it
@@ -81,9 +81,12 @@ class ProcessTreeReader(_KeptProcs):
         up as a failed or empty ``statm`` read, and any surprise falls back to the full walk,
         which also runs at least every ``_TASKS_REFRESH_S``; if one of those finds a new
         member although the cursor stood still (a virtualised ``/proc/loadavg``), the
-        shortcut is switched off for good.
+        shortcut is switched off for good. ``now`` is ``time.monotonic()`` if the caller has
+        just read it (the sampler does, for its timestamp).
         """
         target = os.getpid() if pid is None else pid
+        if now is None:
+            now = time.monotonic()
         self._subtrees = None
         if not self._psutil:
             fd = self._cursor_fd
@@ -96,7 +99,7 @@ class ProcessTreeReader(_KeptProcs):
             else:
                 cursor = self._pid_cursor()
             still = cursor == self._cursor and target == self._target and cursor is not None
-            if still and time.monotonic() - self._full_at < _TASKS_REFRESH_S:
+            if still and now - self._full_at < _TASKS_REFRESH_S:
                 # The sampler's usual tick: one ``statm`` pread per member, written out flat
                 # (no call per member, a member whose text is unchanged keeps its RSS), and
                 # ``version`` moves only when a descendant's RSS did.
@@ -118,7 +121,7 @@ class ProcessTreeReader(_KeptProcs):
                 except (OSError, ValueError, IndexError):  # reaped, fd not kept, no members
                     pass
             try:
-                return self._walk(target, cursor, still)
+                return self._walk(target, cursor, still, now)
             except _NoChildrenFile:
                 self._psutil = True
                 self.close()
@@ -143,9 +146,8 @@ class ProcessTreeReader(_KeptProcs):
             return None
         return data[data.rfind(b" ") :]
 
-    def _walk(self, target: int, cursor: bytes | None, still: bool) -> tuple[int, int]:
+    def _walk(self, target: int, cursor: bytes | None, still: bool, now: float) -> tuple[int, int]:
         """The last walk checked again, or a full walk (``still``: the pid cursor stood)."""
-        now = time.monotonic()
         totals = self._recheck(now) if target == self._target else None
         if totals is None:
             before = set(self._parents) if still else None
