@@ -31,6 +31,7 @@ from dataclasses import replace
 from _common import cpu_model, ffmpeg_version
 
 from montage.memory.limits import MemoryLimit, find_memory_limit
+from montage.memory.monitor import MemoryMonitor
 from montage.memory.usage import UsageReader, process_tree_memory, read_usage, rss_bytes
 
 TARGET_US = 100.0
@@ -107,6 +108,7 @@ def measure(samples: int, runs: int) -> dict[str, list[tuple[float, float]]]:
     limit = find_memory_limit()
     reader = UsageReader(limit)
     me = os.getpid()
+    monitor = MemoryMonitor()  # its tick as the sampler thread runs it, but back to back
 
     def full_sample() -> object:
         return reader.read(), process_tree_memory()
@@ -115,6 +117,9 @@ def measure(samples: int, runs: int) -> dict[str, list[tuple[float, float]]]:
         "**full sample: UsageReader.read + process_tree_memory**": full_sample,
         "UsageReader.read (kept-open files)": reader.read,
         "process_tree_memory (self + children)": process_tree_memory,
+        "MemoryMonitor tick (the sampler's own path, back to back: warm caches)": (
+            lambda: monitor._tick(me)
+        ),
         "rss_bytes(self) (/proc/self/statm)": lambda: rss_bytes(me),
         "read_usage (open, read, close each time)": lambda: read_usage(limit),
         "find_memory_limit (cgroup walk, done once)": find_memory_limit,
@@ -133,6 +138,7 @@ def measure(samples: int, runs: int) -> dict[str, list[tuple[float, float]]]:
                 results[name].append(time_samples(fn, samples))
     finally:
         reader.close()
+        monitor.close()
         if cgroup_reader is not None:
             cgroup_reader.close()
     return results
@@ -174,6 +180,10 @@ def render(results: dict[str, list[tuple[float, float]]], args: argparse.Namespa
         f"{args.samples} single calls are robust to the machine being shared. The psutil tree "
         "walk scans every process on the machine (`children(recursive=True)`), which is why "
         "`/proc/<pid>/task/*/children` is used instead.",
+        "",
+        "The monitor's tick measured here runs back to back, so its code and the kernel's "
+        "are in the caches; at 10 Hz each tick starts cold (after a sleep, on a busy host) "
+        "and costs several times more, see the monitor benchmark (`bench_monitor.py`).",
     ]
     return "\n".join(lines) + "\n"
 
