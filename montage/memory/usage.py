@@ -335,7 +335,7 @@ class UsageReader:
             psi_some = psi_full = None
         else:
             try:
-                text: bytes | None = os.pread(psi.fd, 256, 0)
+                text: bytes | None = os.pread(psi.fd, psi.size, 0)
             except OSError:
                 text = None
             if text is None or text != self._psi_raw:  # also a failed read, a long file

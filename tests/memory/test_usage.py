@@ -174,6 +174,17 @@ def test_reader_rereads_kept_files(tmp_path: Path) -> None:
     assert second.psi_full_avg10 == 30.0
 
 
+def test_reader_follows_a_psi_file_longer_than_its_first_read(tmp_path: Path) -> None:
+    fake_host(tmp_path)
+    long_text = PSI_TEXT.replace("total=6543", "total=6543" + " " * 300)  # > 256 bytes
+    write(tmp_path, "proc/pressure/memory", long_text)
+    with UsageReader(find_memory_limit(tmp_path, env=NO_ENV), tmp_path) as reader:
+        assert reader.read().psi_full_avg10 == 4.25
+        assert reader.read().psi_full_avg10 == 4.25  # the kept text, compared whole
+        write(tmp_path, "proc/pressure/memory", long_text.replace("4.25", "9.50"))
+        assert reader.read().psi_full_avg10 == 9.5
+
+
 def test_reader_handles_large_files(tmp_path: Path) -> None:
     fake_host(tmp_path)
     padding = "".join(f"pad_counter_{i} {i}\n" for i in range(2000))  # ~40 KB, bigger than a page
