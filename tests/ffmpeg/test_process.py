@@ -223,7 +223,10 @@ def test_check_false_returns_the_exit_code(tmp_path: Path) -> None:
 
 def test_progress_counts_every_frame(clip: Path) -> None:
     seen: list[FFmpegProgress] = []
-    cmd = ["ffmpeg", "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast", "-f", "null", "-"]
+    # -re: the job lasts the clip's 4 s. At full speed it ends in ~0.2 s, and a loaded machine
+    # can leave the watchdog thread unscheduled that long: no sample, a peak of 0 reported
+    cmd = ["ffmpeg", "-re", "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast",
+           "-f", "null", "-"]  # fmt: skip
     process = run_ffmpeg(cmd, video_path=clip, on_progress=seen.append)
     assert process.progress.done
     assert process.progress.frame == 100  # 4 s at 25 fps
