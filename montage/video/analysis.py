@@ -4,14 +4,14 @@
 run through ``memory_safe_ffmpeg``, so they are budgeted, capped and always reaped) that write
 tiny grey frames (64x36) and 16 kHz mono PCM to pipes. Python keeps one previous frame and
 per-window sums, never the video: memory does not grow with the file's length. Large files
-(by the adaptive config) are split into time ranges analysed in parallel, one per 2 cores and
-as many at a time as the memory budget admits; the ranges overlap by one frame so a cut on a
+(by the adaptive config) are split into time ranges analysed in parallel, as many at a time as
+the memory budget admits; the ranges overlap by one frame so a cut on a
 range boundary is still seen, and their results are merged so they match a single pass.
 
 What still grows with the length is the MP4 sample index, which every demuxer loads whole
 (~40 bytes per video frame or audio packet): the probe's copy is returned to the OS before the
-decoding starts, each range's child holds one, and trivial edit lists let the child skip
-ffmpeg's second, rewritten copy (``decode.py``).
+decoding starts (and the children's budget reservations reuse that probe), each range's child
+holds one, and trivial edit lists let the child skip ffmpeg's rewritten copy (``decode.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[float, str], None]
 
 MIN_RANGE_S = 20.0
-CORES_PER_RANGE = 2
 
 
 @dataclass
@@ -121,9 +120,7 @@ def analyze_video(
     info = probe(video_path, require_video=True)
     path = Path(info.path)
     config = get_safe_processing_config(path, memory_limit_mb=memory_limit_mb, operation="analyze")
-    n_ranges = ranges or _range_count(
-        info.duration_s, config.use_chunking, config.max_workers, _cores()
-    )
+    n_ranges = ranges or _range_count(info.duration_s, config.use_chunking, config.max_workers)
     keyframes = keyframe_times(path) if fast else None
     spans = plan_ranges(info, n_ranges, keyframes)  # reads the moov box (edit lists)
     release_freed_memory()  # the probes read the whole sample index: give those pages back
@@ -182,16 +179,16 @@ def _check_complete(info: MediaInfo, before: tuple[int, int], frames: int, expec
         )
 
 
-def _range_count(duration_s: float, chunked: bool, workers: int, cores: int) -> int:
-    """One range per ``CORES_PER_RANGE`` cores (as the budget's workers and the length allow).
+def _range_count(duration_s: float, chunked: bool, workers: int) -> int:
+    """As many ranges as the budget's workers and the length allow.
 
-    Why not one per core: a range is one more ffmpeg demuxer, and an MP4 demuxer holds the
-    whole file's sample index (~13 MiB per hour of 30 fps video + AAC), so each range adds
-    that much to the peak on long files; one child's frame threads already keep 2 cores busy.
+    Measured on 2 cores (benchmarks/results/analysis.md): 2 single-threaded ranges take 0.6x
+    the wall and 0.9x the CPU of one frame-threaded child, though each range is one more
+    demuxer holding the whole MP4 sample index (~10 MiB per hour of 30 fps video + AAC).
     """
     if not chunked or duration_s < 2 * MIN_RANGE_S:
         return 1
-    return max(1, min(workers, cores // CORES_PER_RANGE, int(duration_s // MIN_RANGE_S)))
+    return max(1, min(workers, int(duration_s // MIN_RANGE_S)))
 
 
 def _cores() -> int:

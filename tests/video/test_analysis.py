@@ -127,18 +127,6 @@ def test_audio_only_file_is_refused(tmp_path: Path, ffmpeg_exe: str) -> None:
         analyze_video(out)
 
 
-def test_one_range_per_two_cores() -> None:
-    """Each range is one more MP4 demuxer holding the whole sample index: a 2-core machine
-    decodes in one child (its frame threads fill both cores)."""
-    from montage.video.analysis import _range_count
-
-    assert _range_count(3600.0, True, workers=2, cores=2) == 1
-    assert _range_count(3600.0, True, workers=2, cores=4) == 2
-    assert _range_count(3600.0, True, workers=3, cores=16) == 3
-    assert _range_count(3600.0, False, workers=8, cores=16) == 1
-    assert _range_count(30.0, True, workers=8, cores=16) == 1
-
-
 def test_the_file_is_probed_once_per_purpose_not_per_range(
     scenes_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
