@@ -184,7 +184,7 @@ def _range_count(duration_s: float, chunked: bool, workers: int) -> int:
 
     Measured on 2 cores (benchmarks/results/analysis.md): 2 single-threaded ranges take 0.6x
     the wall and 0.9x the CPU of one frame-threaded child, though each range is one more
-    demuxer holding the whole MP4 sample index (~10 MiB per hour of 30 fps video + AAC).
+    demuxer holding the whole MP4 sample index (~13 MiB per hour of 1080p30 + AAC).
     """
     if not chunked or duration_s < 2 * MIN_RANGE_S:
         return 1
