@@ -98,11 +98,15 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> dict[int, object]:
-    """Install the CLI's handlers; return the previous ones for ``restore``."""
-    return {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm),
-        signal.SIGINT: signal.signal(signal.SIGINT, _on_sigint),
-    }
+    """Install the CLI's handlers; return the previous ones for ``restore``.
+
+    An ignored SIGINT stays ignored, as Python itself does: a shell starts background jobs
+    (``cmd &``) with SIGINT ignored so that Ctrl-C at the terminal does not reach them.
+    """
+    previous: dict[int, object] = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigint)
+    return previous
 
 
 def restore(previous: dict[int, object]) -> int:

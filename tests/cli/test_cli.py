@@ -274,6 +274,9 @@ def test_signal_during_extract_cleans_up(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # Ctrl-C's default disposition, whatever pytest inherited (a background job's SIGINT
+        # is ignored, and the CLI keeps it ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     ffmpegs: list[psutil.Process] = []
     deadline = time.monotonic() + 60

@@ -497,14 +497,30 @@ def test_guard_catches_a_transient_peak_between_entry_and_exit(global_running: b
     was_running = monitor.running
     if global_running:
         monitor.start()
-    code = "import time; b = bytearray(b'1') * (200 * 1024 * 1024); time.sleep(0.6)"
+    # The child holds its 200 MiB until told to exit (a fixed sleep can be shorter than one
+    # scheduling stall on a loaded machine), and exits before the block does.
+    code = (
+        "import sys; b = bytearray(b'1') * (200 * 1024 * 1024); print('ready', flush=True);"
+        " sys.stdin.read()"
+    )
     try:
         with memory_guard() as guard:
             entry_mb = guard.peak_memory_mb
-            subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+            child = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert child.stdout is not None and child.stdout.readline() == "ready\n"
+                seen = wait_for(lambda: guard.peak_memory_mb >= entry_mb + 150, timeout_s=30)
+            finally:
+                child.communicate(timeout=60)  # closes stdin: the child exits
     finally:
         if global_running and not was_running:
             monitor.stop()
+    assert seen, f"peak {guard.peak_memory_mb:.0f} MiB, entry {entry_mb:.0f} MiB"
     assert guard.peak_memory_mb >= entry_mb + 150
 
 

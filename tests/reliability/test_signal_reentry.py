@@ -71,6 +71,7 @@ GUARD_SCRIPT = textwrap.dedent(
     from montage.resources import managed_temp_directory
 
     interrupt.EXIT_GRACE_S = 4.0  # the late job must start (and print) before the guard fires
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # whatever the test runner inherited
     interrupt.install()
     cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
            "-t", "120", "-c:v", "libx264", "-preset", "ultrafast", "-f", "null", "-"]
