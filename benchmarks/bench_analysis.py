@@ -203,6 +203,7 @@ def _tree_peak_by_process(cmd: list[str]) -> dict[str, tuple[float, float]]:
     best: tuple[float, dict[str, tuple[float, float]]] = (0.0, {})
     while proc.poll() is None:
         sample: dict[str, tuple[float, float]] = {}
+        children: list[tuple[float, float, float]] = []
         try:
             members = [root, *root.children(recursive=True)]
         except psutil.Error:
@@ -213,8 +214,12 @@ def _tree_peak_by_process(cmd: list[str]) -> dict[str, tuple[float, float]]:
                 argv = member.cmdline()
             except psutil.Error:
                 continue
-            name = "Python" if member.pid == proc.pid else _child_name(argv, sample)
-            sample[name] = (mem.rss / MIB, (mem.rss - mem.shared) / MIB)
+            if member.pid == proc.pid:
+                sample["Python"] = (mem.rss / MIB, (mem.rss - mem.shared) / MIB)
+            else:
+                children.append((_seek(argv), mem.rss / MIB, (mem.rss - mem.shared) / MIB))
+        for k, (_, rss, anon) in enumerate(sorted(children)):
+            sample[f"ffmpeg child, range {k + 1}"] = (rss, anon)
         total = sum(r for r, _ in sample.values())
         if total > best[0]:
             best = (total, sample)
@@ -224,16 +229,11 @@ def _tree_peak_by_process(cmd: list[str]) -> dict[str, tuple[float, float]]:
     return best[1]
 
 
-def _child_name(argv: list[str], taken: dict[str, tuple[float, float]]) -> str:
+def _seek(argv: list[str]) -> float:
+    """Where a child starts (its ``-ss``), to name it by range; other children sort last."""
     if "-ss" in argv:
-        name = f"ffmpeg child from {float(argv[argv.index('-ss') + 1]):.0f} s"
-    elif "rawvideo" in argv:
-        name = "ffmpeg child from 0 s"
-    else:
-        name = "other child"
-    while name in taken:
-        name += "'"
-    return name
+        return float(argv[argv.index("-ss") + 1])
+    return 0.0 if "rawvideo" in argv else float("inf")
 
 
 INDEX_PROBE = """
