@@ -255,7 +255,6 @@ def highlights(
     memory_report: Path | None,
 ) -> None:
     """The main job: analyse INPUT, pick its best moments and join them into OUTPUT."""
-    from montage.video.encoding import encoder_defaults
     from montage.video.highlights import make_highlights
 
     if count < 1:
@@ -266,7 +265,6 @@ def highlights(
     with (
         _job(state, memory_report, f"highlights {input_file.name}"),
         render.progress_bar("highlights", quiet=state.quiet or as_json) as progress,
-        encoder_defaults(preset, crf),
     ):
         report = make_highlights(
             input_file,
@@ -277,6 +275,8 @@ def highlights(
             transitions=transitions,
             fast=fast,
             progress=progress,
+            preset=preset,
+            crf=crf,
         )
     if as_json:
         render.print_json(report.to_dict())

@@ -37,7 +37,6 @@ def demo(
     """Make a 2-minute 1080p sample and cut a highlight reel from it under a 512 MB limit."""
     from montage.report import MemoryRecorder, plotting_available, write_memory_report
     from montage.runtime import get_memory_status
-    from montage.video.encoding import encoder_defaults
     from montage.video.highlights import make_highlights
     from montage.video.sample import make_sample_video
 
@@ -59,11 +58,10 @@ def demo(
         with render.progress_bar("making sample", quiet=state.quiet) as progress:
             progress(0.0, f"{size}, {duration:.0f} s")
             make_sample_video(sample, duration_s=duration, size=size)
-        with (
-            render.progress_bar("highlights", quiet=state.quiet) as progress,
-            encoder_defaults(preset, crf),
-        ):
-            report = make_highlights(sample, reel, count=3, length_s=5.0, progress=progress)
+        with render.progress_bar("highlights", quiet=state.quiet) as progress:
+            report = make_highlights(
+                sample, reel, count=3, length_s=5.0, progress=progress, preset=preset, crf=crf
+            )
     write_memory_report(recorder, report_path, title="montage-video demo")
     status = get_memory_status().get("memory", {})
     say(f"sample:  {sample}  ({duration:.0f} s, {size})")

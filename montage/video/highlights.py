@@ -75,8 +75,13 @@ def make_highlights(
     overwrite: bool = True,
     fast: bool = False,
     progress: ProgressCallback | None = None,
+    preset: str | None = None,
+    crf: int | None = None,
 ) -> HighlightsReport:
-    """Analyse ``input_file`` and write a reel of its ``count`` best ``length_s`` moments."""
+    """Analyse ``input_file`` and write a reel of its ``count`` best ``length_s`` moments.
+
+    ``preset``/``crf`` choose the reel's x264 settings (``VideoEditor``'s; None: its default).
+    """
     from montage.video.editor import VideoEditor
 
     if not length_s > 0:
@@ -101,7 +106,7 @@ def make_highlights(
     segments = select_highlights(result, count, input_file)
     if not segments:
         raise ValueError(f"{input_file}: no highlight candidates found (is the video empty?)")
-    editor = VideoEditor(memory_limit_mb=memory_limit_mb)
+    editor = VideoEditor(memory_limit_mb=memory_limit_mb, preset=preset, crf=crf)
     edit = editor.extract_and_concatenate_efficient(
         str(input_file),
         segments,
