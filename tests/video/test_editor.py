@@ -223,7 +223,7 @@ print(json.dumps({"frames": r.expected_frames, "peak_mb": r.peak_memory_mb}))
 
 
 def _run_sampled(argv: list[str]) -> tuple[str, float, float]:
-    """Run ``argv``; peaks (MiB) of its whole tree and of its ffmpeg children, every 20 ms.
+    """Run ``argv``; peaks (MiB) of its whole tree and of its largest ffmpeg child, every 20 ms.
 
     Sampled from outside: ``ru_maxrss`` would count the RSS each child inherits from the
     Python that forked it, which at this size is larger than the ffmpeg jobs themselves.
@@ -245,14 +245,14 @@ def _run_sampled(argv: list[str]) -> tuple[str, float, float]:
                 tree = root.memory_info().rss
             except psutil.Error:
                 break
-            ffmpeg = 0
+            ffmpeg = 0.0  # the largest single child: a job's exit can overlap the next start
             for kid in kids:
                 try:
                     rss = kid.memory_info().rss
                 except psutil.Error:
                     continue
                 tree += rss
-                ffmpeg += rss
+                ffmpeg = max(ffmpeg, rss)
             peaks["tree"] = max(peaks["tree"], tree / 1048576)
             peaks["ffmpeg"] = max(peaks["ffmpeg"], ffmpeg / 1048576)
             done.wait(0.02)
