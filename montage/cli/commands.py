@@ -12,6 +12,7 @@ import click
 from montage.cli import render
 from montage.cli.app import AppState, app
 from montage.cli.timecode import format_time, parse_range
+from montage.ffmpeg.command import PRESET_ORDER
 
 MODES = click.Choice(["auto", "copy", "accurate", "smart"])
 _existing_file = click.Path(exists=False, dir_okay=True, path_type=Path)
@@ -20,20 +21,7 @@ _report_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a memory timeline of the job (.png or .html; PNG needs the 'plot' extra).",
 )
-# x264/x265 presets, fastest first (montage.video.encoding.PRESETS; kept literal so --help
-# does not import the video layer)
-PRESETS = (
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-    "placebo",
-)
+PRESETS = PRESET_ORDER  # x264/x265 presets, fastest first (the ffmpeg layer's list)
 _preset_option = click.option(
     "--preset",
     type=click.Choice(PRESETS, case_sensitive=False),

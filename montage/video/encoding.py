@@ -30,24 +30,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
+from montage.ffmpeg.command import PRESET_ORDER
 from montage.video.cutting import SourceIndex
 from montage.video.pieces import EncodeSettings
 
 log = logging.getLogger(__name__)
 
-# fastest first (x264 and x265 share the names)
-PRESETS = (
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-    "placebo",
-)
+PRESETS = PRESET_ORDER  # fastest first (x264 and x265 share the names)
 DEFAULT_PRESET = "ultrafast"
 DEFAULT_CRF = 18
 MAX_LOOKAHEAD = 20
