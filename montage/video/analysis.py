@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -191,17 +190,13 @@ def _range_count(duration_s: float, chunked: bool, workers: int) -> int:
     return max(1, min(workers, int(duration_s // MIN_RANGE_S)))
 
 
-def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _decoder_threads(workers: int) -> int:
     """Auto (0) for one child; else split the cores so parallel ranges don't oversubscribe."""
+    from montage.ffmpeg.profiles import cpu_count
+
     if workers <= 1:
         return 0
-    return max(1, _cores() // workers)
+    return max(1, cpu_count() // workers)
 
 
 def _expected_frames(info: MediaInfo, keyframes: list[float] | None) -> int:
