@@ -51,7 +51,7 @@ class _Guard:
     def _run(self) -> None:
         if self._disarmed.wait(max(0.0, self.deadline - time.monotonic())):
             return
-        _manager_call("kill_all")
+        _manager_call("stop_all", kill=True)
         with contextlib.suppress(Exception):
             from montage.resources import cleanup_all
 
@@ -78,11 +78,11 @@ class _Guard:
 _guard = _Guard()
 
 
-def _manager_call(method: str) -> None:
+def _manager_call(method: str, **kwargs: bool) -> None:
     with contextlib.suppress(Exception):  # a failure here must not mask the signal
         from montage.ffmpeg.manager import get_ffmpeg_memory_manager
 
-        getattr(get_ffmpeg_memory_manager(), method)()
+        getattr(get_ffmpeg_memory_manager(), method)(**kwargs)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -85,27 +85,21 @@ class FFmpegMemoryManager:
         if self.stopping:  # started by a worker thread after the stop signal
             process.request_stop()
 
-    def stop_all(self) -> int:
-        """SIGTERM every job's process group, without waiting and without taking the lock
-        (a signal handler may have interrupted its holder); jobs registered afterwards are
-        stopped as they start. Their owners reap them. Returns how many were signalled."""
+    def stop_all(self, *, kill: bool = False) -> int:
+        """SIGTERM (``kill``: SIGKILL, the CLI's exit guard's last resort) every job's process
+        group, without waiting and without taking the lock (a signal handler may have
+        interrupted its holder); jobs registered afterwards are stopped as they start. Their
+        owners reap them. Returns how many were signalled."""
         self.stopping = True
         jobs = tuple(self._jobs)  # a snapshot: list copies are atomic under the GIL
         for job in jobs:
             with contextlib.suppress(Exception):  # a job that already ended
-                job.request_stop()
+                job.request_stop(kill=kill)
         return len(jobs)
 
     def resume(self) -> None:
         """Jobs may start again (the interrupted CLI run has ended and was embedded)."""
         self.stopping = False
-
-    def kill_all(self) -> None:
-        """SIGKILL every job's process group now (the CLI's exit guard, as a last resort)."""
-        self.stopping = True
-        for job in tuple(self._jobs):
-            with contextlib.suppress(Exception):
-                job.request_stop(kill=True)
 
     def unregister(self, process: FFmpegProcess) -> None:
         with self._lock:
