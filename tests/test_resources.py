@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -207,7 +208,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _run_child(signum: int, *flags: str) -> tuple[int, str, str, list[Path]]:
+@contextlib.contextmanager
+def _started_child(*flags: str) -> Iterator[tuple[subprocess.Popen[str], list[Path]]]:
+    """The child script, once it has made its three temp paths; killed if still running."""
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, *flags],
         stdout=subprocess.PIPE,
@@ -219,12 +222,17 @@ def _run_child(signum: int, *flags: str) -> tuple[int, str, str, list[Path]]:
         assert proc.stdout is not None
         paths = [Path(p) for p in proc.stdout.readline().split()]
         assert len(paths) == 3 and all(p.exists() for p in paths), paths
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=30)
+        yield proc, paths
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _run_child(signum: int, *flags: str) -> tuple[int, str, str, list[Path]]:
+    with _started_child(*flags) as (proc, paths):
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
     return proc.returncode, out, err, paths
 
 
@@ -258,27 +266,13 @@ def test_sigint_can_be_caught_by_the_application() -> None:
 def test_an_ignored_sigint_stays_ignored_and_cleans_nothing() -> None:
     """A job started with SIGINT ignored (``nohup``, ``&`` in a script) keeps running on it,
     so its temp files must stay; SIGTERM still cleans up."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, "--ignored"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        paths = [Path(p) for p in proc.stdout.readline().split()]
-        assert len(paths) == 3 and all(p.exists() for p in paths), paths
+    with _started_child("--ignored") as (proc, paths):
         proc.send_signal(signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=2)  # still running: the signal was ignored
         assert all(p.exists() for p in paths), "temp files of a running job were removed"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == -signal.SIGTERM, err
     assert not any(p.exists() for p in paths)
 
