@@ -213,23 +213,31 @@ class TreeSampler:
 
         Why: a job of a few hundred ms gets only a handful of 50 ms samples of its *current*
         RSS, which can all miss its peak; the kernel's high-water mark carries the peak so far
-        into every later sample. (Not ``wait4``'s ``ru_maxrss``: that also counts the memory
-        the child inherited from the Python that forked it.)
+        into every later sample.
         """
-        try:
-            with open(f"/proc/{self._pid}/status", "rb") as status:
-                for line in status:
-                    if line.startswith(b"VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, IndexError, ValueError):
-            pass
-        return 0
+        return peak_rss_bytes(self._pid)
 
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Process ``pid``'s own high-water RSS so far (``VmHWM``), 0 when it is gone.
+
+    Not ``wait4``'s ``ru_maxrss``: that also counts the memory a child inherited from the
+    Python that forked it, which can be larger than a small ffmpeg job itself.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
 
 
 def _rss_bytes(pid: int, page_bytes: int) -> int:

@@ -24,6 +24,7 @@ from montage.ffmpeg.profiles import (
     profile_for_level,
     profile_settings,
 )
+from montage.ffmpeg.watch import peak_rss_bytes
 
 P = FFmpegMemoryProfile
 PROFILES = list(P)
@@ -179,26 +180,18 @@ def _peak_rss_mb(argv: list[str]) -> float:
     forked it (over 100 MiB late in a full run), which would swamp a small encode's peak.
     """
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    status_path = f"/proc/{proc.pid}/status"
-    peak_kib = 0
+    peak = 0
     try:
         while proc.poll() is None:
-            try:
-                with open(status_path) as status:
-                    for line in status:
-                        if line.startswith("VmHWM:"):
-                            peak_kib = max(peak_kib, int(line.split()[1]))
-                            break
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                pass
+            peak = max(peak, peak_rss_bytes(proc.pid))
             time.sleep(0.005)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
     assert proc.returncode == 0
-    assert peak_kib > 0
-    return peak_kib / 1024.0
+    assert peak > 0
+    return peak / 1048576.0
 
 
 @pytest.mark.parametrize("profile", [P.MINIMAL, P.HIGH])
