@@ -81,6 +81,14 @@ def ffmpeg_version(exe: str | None = None) -> str:
     return first.split(" Copyright")[0]
 
 
+def ffmpeg_version_note() -> str:
+    """The ffmpeg version line for a report of a benchmark that does not itself need ffmpeg."""
+    try:
+        return ffmpeg_version()
+    except Exception as error:  # such a benchmark only reports it
+        return f"unavailable ({error})"
+
+
 def has_gnu_time() -> bool:
     return os.access(GNU_TIME, os.X_OK)
 

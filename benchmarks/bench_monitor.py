@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 
-from _common import cpu_model, ffmpeg_version
+from _common import cpu_model, ffmpeg_version_note
 
 CPU_TARGET_PCT = 0.2
 RSS_TARGET_MB = 10.0
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- Machine: {os.cpu_count()} CPU ({cpu_model()}), Linux {platform.release()}, "
         f"Python {platform.python_version()}; shared with other jobs while measured",
-        f"- ffmpeg: {_ffmpeg_line()} (not used by this benchmark)",
+        f"- ffmpeg: {ffmpeg_version_note()} (not used by this benchmark)",
         f"- Command: `{command}`",
         "- Each comparison runs the monitored and the baseline child at the same time.",
         "",
@@ -250,10 +250,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def _ffmpeg_line() -> str:
-    try:
-        return ffmpeg_version()
-    except Exception as error:  # the benchmark does not need ffmpeg, only reports it
-        return f"unavailable ({error})"

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 
-from _common import cpu_model, ffmpeg_version
+from _common import cpu_model, ffmpeg_version_note
 
 from montage.memory.limits import MemoryLimit, find_memory_limit
 from montage.memory.monitor import MemoryMonitor
@@ -155,7 +155,7 @@ def render(results: dict[str, list[tuple[float, float]]], args: argparse.Namespa
         "",
         f"- Machine: {os.cpu_count()} CPU ({cpu_model()}), Linux {platform.release()}, "
         f"Python {platform.python_version()}",
-        f"- ffmpeg: {_ffmpeg_line()} (not used by this benchmark)",
+        f"- ffmpeg: {ffmpeg_version_note()} (not used by this benchmark)",
         f"- Ceiling on this machine: {limit.limit_mb:.0f} MiB from `{limit.source}`; "
         f"usage scope `{read_usage(limit).scope}`",
         f"- Command: `{' '.join([os.path.basename(sys.executable), *sys.argv])}`",
@@ -202,10 +202,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _ffmpeg_line() -> str:
-    try:
-        return ffmpeg_version()
-    except Exception as error:  # the benchmark does not need ffmpeg, only reports it
-        return f"unavailable ({error})"
