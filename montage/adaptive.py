@@ -337,7 +337,11 @@ def plan_processing(
         ),
         "use_chunking": ("on: " if use_chunking else "off: ") + chunk_why,
         "chunk_size_mb": size_why,
-        "quality_preset": f"x264 preset of the {profile.value} profile: {preset}",
+        "quality_preset": (
+            f"slowest x264/x265 preset of the {profile.value} profile: {preset}; `run` and "
+            "`chunked` lower a slower one to it, the editor (default ultrafast) only below "
+            "the high profile"
+        ),
     }
     return ProcessingConfig(
         mode=mode,

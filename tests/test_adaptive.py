@@ -51,6 +51,10 @@ def test_config_for_a_clip_is_sensible_and_explained(clip: Path) -> None:
     assert set(config.reasons) >= EXPECTED_REASONS | {"media"}
     assert "320x240" in config.reasons["media"]
     assert str(config.max_workers) in config.reasons["max_workers"]
+    assert (
+        f"preset of the {config.ffmpeg_profile.value} profile: {config.quality_preset}"
+        in (config.reasons["quality_preset"])
+    )
     # a 4 s clip is chunked only because of pressure, never because of its size
     high = MemoryPressureLevel(config.pressure_level) >= MemoryPressureLevel.HIGH
     assert config.use_chunking == (high or config.mode is ProcessingMode.SURVIVAL)
