@@ -319,7 +319,16 @@ def _spawn(
     popen, run_argv, stream = spawn_child(
         argv, stdout=stdout, limit_mb=limit_mb, name=options["name"], pass_fds=pass_fds
     )
-    return FFmpegProcess(popen, run_argv, limit_mb=limit_mb, progress_stream=stream, **options)
+    try:
+        return FFmpegProcess(popen, run_argv, limit_mb=limit_mb, progress_stream=stream, **options)
+    except BaseException:  # e.g. Ctrl-C before the watch threads run: no one else can stop it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)  # its own group, still ours: not yet reaped
+        popen.wait()
+        for pipe in (stream, popen.stdout, popen.stderr):
+            if pipe is not None:
+                pipe.close()
+        raise
 
 
 @contextlib.contextmanager
@@ -371,10 +380,10 @@ def memory_safe_ffmpeg(
             retriable=retriable, on_progress=on_progress, grace_s=grace_s, pass_fds=pass_fds,
         )  # fmt: skip
         try:
-            reservation.attach_pid(process.pid)
-            monitor.track_process(process.pid, name, is_ffmpeg=True)
-            manager.register(process)
-            try:
+            try:  # an interrupt anywhere from here on stops the child, not only in the block
+                reservation.attach_pid(process.pid)
+                monitor.track_process(process.pid, name, is_ffmpeg=True)
+                manager.register(process)
                 yield process
             except BaseException:
                 process._stop(process.stop_reason or "aborted", graceful=True)

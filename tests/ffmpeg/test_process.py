@@ -373,3 +373,47 @@ def test_a_job_shorter_than_the_sample_interval_reports_its_peak() -> None:
         reference.append(_polled_peak_mb([ffmpeg_path(), *args]))
     assert max(reference) > 20, reference
     assert max(reported) >= 0.6 * max(reference), (reported, reference)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A Ctrl-C injected at one exact point of the job's start."""
+
+
+def test_an_interrupt_while_the_job_is_being_registered_stops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from montage.ffmpeg.manager import get_ffmpeg_memory_manager
+
+    manager = get_ffmpeg_memory_manager()
+    started: list[int] = []
+    real_register = manager.register
+
+    def interrupted(process: object) -> None:
+        started.append(process.pid)  # type: ignore[attr-defined]
+        raise _Interrupted
+
+    monkeypatch.setattr(manager, "register", interrupted)
+    with pytest.raises(_Interrupted), memory_safe_ffmpeg(long_cmd(), grace_s=1.0):
+        pytest.fail("the block must not run")
+    monkeypatch.setattr(manager, "register", real_register)
+    assert started and not psutil.pid_exists(started[0])
+    assert not [p for p in manager.jobs() if p.pid == started[0]]
+
+
+def test_an_interrupt_before_the_watch_threads_run_kills_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import montage.ffmpeg.process as process_module
+
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    class Interrupted(process_module.FFmpegProcess):
+        def __init__(self, popen: subprocess.Popen[bytes], *args: object, **kw: object) -> None:
+            spawned.append(popen)
+            raise _Interrupted
+
+    monkeypatch.setattr(process_module, "FFmpegProcess", Interrupted)
+    with pytest.raises(_Interrupted), memory_safe_ffmpeg(long_cmd()):
+        pytest.fail("the block must not run")
+    assert spawned and spawned[0].returncode == -signal.SIGKILL
+    assert not psutil.pid_exists(spawned[0].pid)
