@@ -121,8 +121,9 @@ class _Pieces:
         vlist = self.work.write_list("video", concat_list_text(self.video))
         alist = self.work.write_list("audio", concat_list_text(self.audio)) if self.audio else None
         cmd = join_cmd(
-            self.ffmpeg, vlist, alist, out, audio_bit_rate=audio_bit_rate, timescale=timescale
-        )
+            self.ffmpeg, vlist, alist, out, audio_bit_rate=audio_bit_rate, timescale=timescale,
+            rotation=self.target.rotation,
+        )  # fmt: skip
         return Job(cmd, "join", COPY_WEIGHT * self.out_s + AUDIO_WEIGHT * self.out_s, self.out_s)
 
 

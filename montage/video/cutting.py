@@ -41,13 +41,31 @@ class SourceFormat:
     channels: int | None
     audio_bit_rate: int | None
     time_base: Fraction
+    rotation: int = 0  # display-matrix angle (as ``-display_rotation``): 0, 90, 180 or 270
 
     def copy_compatible(self, other: SourceFormat) -> bool:
         """True when packets of both can share one output stream (same decoder setup)."""
-        keys = ("codec", "width", "height", "pix_fmt", "profile", "has_audio", "sample_rate")
+        keys = (
+            "codec",
+            "width",
+            "height",
+            "pix_fmt",
+            "profile",
+            "has_audio",
+            "sample_rate",
+            "rotation",
+        )  # fmt: skip  (rotation: a joined stream has one display matrix)
         return all(getattr(self, k) == getattr(other, k) for k in keys) and (
             self.channels == other.channels
         )
+
+    def displayed(self) -> SourceFormat:
+        """This format as a player shows it (ffmpeg's autorotation applied): rotation 0."""
+        from dataclasses import replace
+
+        if self.rotation in (90, 270):
+            return replace(self, width=self.height, height=self.width, rotation=0)
+        return replace(self, rotation=0)
 
     def same_picture(self, other: SourceFormat) -> bool:
         """True when no scale/pad/fps/format conversion is needed to match ``other``."""
@@ -111,8 +129,12 @@ def _fps(stream: object) -> Fraction:
     return Fraction(25)
 
 
-def _format(container: object) -> SourceFormat:
+def _format(container: object, path: str | Path) -> SourceFormat:
+    from montage.ffmpeg.mp4boxes import mp4_rotations
+
     video = container.streams.video[0]  # type: ignore[attr-defined]
+    is_mp4 = "mp4" in container.format.name  # type: ignore[attr-defined]
+    rotation = mp4_rotations(Path(path)).get(video.id, 0) if is_mp4 else 0
     cc = video.codec_context
     audio = container.streams.audio[0] if container.streams.audio else None  # type: ignore[attr-defined]
     level = getattr(cc, "level", None)
@@ -130,6 +152,7 @@ def _format(container: object) -> SourceFormat:
         channels=audio.codec_context.channels if audio is not None else None,
         audio_bit_rate=(audio.bit_rate or None) if audio is not None else None,
         time_base=Fraction(video.time_base),
+        rotation=rotation,
     )
 
 
@@ -151,7 +174,7 @@ def build_index(
     import av
 
     with av.open(str(path), options={"protocol_whitelist": "file"}) as container:
-        fmt = _format(container)
+        fmt = _format(container, path)
         start_raw = (container.start_time or 0) / 1_000_000
         packets: dict[float, tuple[bool, float]] = {}
         reached_eof, last_duration = False, 0.0

@@ -233,7 +233,7 @@ class VideoEditor:
 
         ffmpeg = ffmpeg_path()
         first = ranges[0].source
-        target = Target.from_format(first.fmt)
+        target = Target.for_sources(first.fmt, [rng.source.fmt for rng in ranges])
         abr, ts = first.fmt.audio_bit_rate, _timescale(first)
         if mode == "copy" or enc is None:
             plan = build_copy(ffmpeg, work, ranges, temp)

@@ -30,6 +30,8 @@ class Target:
     has_audio: bool
     sample_rate: int
     channels: int
+    rotation: int = 0  # the output's display matrix (``-display_rotation`` on the join)
+    autorotate: bool = False  # decode sources upright (their rotations differ)
 
     @classmethod
     def from_format(cls, fmt: SourceFormat) -> Target:
@@ -41,7 +43,27 @@ class Target:
             has_audio=fmt.has_audio,
             sample_rate=fmt.sample_rate or 48000,
             channels=fmt.channels or 2,
+            rotation=fmt.rotation,
         )
+
+    @classmethod
+    def for_sources(cls, first: SourceFormat, others: list[SourceFormat]) -> Target:
+        """Sources sharing one rotation keep their stored orientation and the output gets
+        their display matrix back (stream-copied GOPs cannot be turned; MPEG-TS pieces lose
+        the matrix). Mixed rotations are decoded upright, to the first one's upright size."""
+        if all(other.rotation == first.rotation for other in others):
+            return cls.from_format(first)
+        from dataclasses import replace
+
+        return replace(cls.from_format(first.displayed()), autorotate=True)
+
+    def input_args(self) -> list[str]:
+        """Before each source ``-i`` of a decoding job: ffmpeg autorotates unless told not to."""
+        return [] if self.autorotate else ["-noautorotate"]
+
+    def shown(self, source: SourceFormat) -> SourceFormat:
+        """``source`` as this target's jobs decode it."""
+        return source.displayed() if self.autorotate else source
 
     @property
     def layout(self) -> str:
@@ -98,6 +120,7 @@ def seek_args(source: SourceIndex, start_s: float) -> list[str]:
 
 def normalise_filter(source: SourceFormat, target: Target, *, always: bool = False) -> str:
     """Filters making ``source`` frames look like ``target`` (empty when they already do)."""
+    source = target.shown(source)
     if not always and source.same_picture(_as_format(target, source)):
         return ""
     w, h = target.width, target.height
@@ -125,8 +148,9 @@ def video_piece_cmd(
     out: Path,
 ) -> list[str]:
     """Re-encode ``frames`` frames of ``source`` starting at ``start_s`` (video only)."""
-    cmd = base_args(ffmpeg) + seek_args(source, start_s) + ["-i", file_url(source.path)]
-    cmd += ["-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
+    cmd = base_args(ffmpeg) + seek_args(source, start_s) + target.input_args()
+    cmd += ["-i", file_url(source.path), "-map", "0:v:0", "-an", "-sn", "-dn"]
+    cmd += ["-fps_mode", "passthrough"]
     vf = normalise_filter(source.fmt, target)
     if vf:
         cmd += ["-vf", vf]
@@ -182,9 +206,14 @@ def join_cmd(
     *,
     audio_bit_rate: int | None,
     timescale: int | None,
+    rotation: int = 0,
 ) -> list[str]:
-    """Join the pieces: video copied, the PCM audio encoded once to AAC."""
-    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(video_list)]
+    """Join the pieces: video copied (``rotation``: its display matrix), the PCM audio
+    encoded once to AAC."""
+    cmd = [*base_args(ffmpeg)]
+    if rotation:
+        cmd += ["-display_rotation", str(rotation)]
+    cmd += ["-f", "concat", "-i", file_url(video_list)]
     if audio_list is not None:
         cmd += ["-f", "concat", "-i", file_url(audio_list)]
     cmd += ["-map", "0:v:0", "-c:v", "copy"]
@@ -213,8 +242,8 @@ def xfade_cmd(
     (src_a, start_a), (src_b, start_b) = tail_of, head_of
     fade_s = target.seconds(frames)
     cmd = base_args(ffmpeg)
-    cmd += [*seek_args(src_a, start_a), "-i", file_url(src_a.path)]
-    cmd += [*seek_args(src_b, start_b), "-i", file_url(src_b.path)]
+    cmd += [*seek_args(src_a, start_a), *target.input_args(), "-i", file_url(src_a.path)]
+    cmd += [*seek_args(src_b, start_b), *target.input_args(), "-i", file_url(src_b.path)]
     chain = f"{normalise_filter(src_a.fmt, target, always=True)},settb=AVTB"
     graph = (
         f"[0:v:0]{chain},trim=end_frame={frames},setpts=PTS-STARTPTS[va];"
