@@ -24,6 +24,19 @@ TIME_EPSILON_S = 1e-4
 SMART_CODECS = frozenset({"h264", "hevc"})
 
 
+# What packets joined into one stream must share (rotation: a stream has one display matrix)
+_COPY_KEYS = (
+    "codec",
+    "width",
+    "height",
+    "pix_fmt",
+    "profile",
+    "has_audio",
+    "sample_rate",
+    "rotation",
+)
+
+
 @dataclass(frozen=True)
 class SourceFormat:
     """What two sources must share for their packets to be joined without re-encoding."""
@@ -45,17 +58,7 @@ class SourceFormat:
 
     def copy_compatible(self, other: SourceFormat) -> bool:
         """True when packets of both can share one output stream (same decoder setup)."""
-        keys = (
-            "codec",
-            "width",
-            "height",
-            "pix_fmt",
-            "profile",
-            "has_audio",
-            "sample_rate",
-            "rotation",
-        )  # fmt: skip  (rotation: a joined stream has one display matrix)
-        return all(getattr(self, k) == getattr(other, k) for k in keys) and (
+        return all(getattr(self, k) == getattr(other, k) for k in _COPY_KEYS) and (
             self.channels == other.channels
         )
 
