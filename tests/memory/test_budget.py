@@ -18,6 +18,8 @@ from montage.memory.budget import MemoryBudget, get_memory_budget, memory_constr
 from montage.memory.monitor import memory_guard
 from montage.memory.usage import process_tree_memory
 
+pytestmark = pytest.mark.usefixtures("sampler")  # each test with both samplers
+
 MIB = 1024 * 1024
 
 

@@ -30,6 +30,8 @@ from montage.memory.monitor import (
 )
 from montage.memory.pressure import MemoryPressureLevel as Level
 
+pytestmark = pytest.mark.usefixtures("sampler")  # each test with both samplers
+
 MIB = 1024 * 1024
 Change = tuple[Level, Level]
 
