@@ -261,21 +261,20 @@ static int read_statm(SamplerObject *s, Member *m, int *changed) {
     if (n < 0) return R_TREE; /* reaped */
     if (same_text(&m->statm, s->buf, n)) return 0;
     const char *d = s->buf, *end = d + n, *p = d;
-    const char *f[3];
+    const char *f[3], *e[3];
     int k = 0;
+    long long resident = 0;
     while (k < 3) {
         while (p < end && (*p == ' ' || *p == '\n' || *p == '\t')) p++;
         if (p >= end) break;
-        f[k++] = p;
+        f[k] = p;
         while (p < end && *p != ' ' && *p != '\n' && *p != '\t') p++;
-        if (k == 2) {
-            long long resident;
-            if (f[0][0] == '0' && f[1] - f[0] == 2) return R_TREE; /* size 0: zombie/exiting */
-            if (parse_int(f[1], p, &resident)) return R_READ;
-            m->rss = resident * s->page;
-        }
+        e[k++] = p;
     }
     if (k < 3) return R_READ;
+    if (e[0] - f[0] == 1 && f[0][0] == '0') return R_TREE; /* size 0: a zombie, or exiting */
+    if (parse_int(f[1], e[1], &resident)) return R_READ;
+    m->rss = resident * s->page;
     if (set_text(&m->statm, d, n)) return R_READ;
     *changed = 1;
     return 0;
@@ -375,7 +374,7 @@ static int measure(SamplerObject *s, Config *c, Sample *out) {
         if (changed && i > 0) member_moved = 1;
         if (check) {
             struct stat st;
-            if (!m->children || m->task_fd < 0) return R_TREE | (still ? R_CURSOR_MISSED : 0);
+            if (!m->children || m->task_fd < 0) return R_TREE; /* not provable from kept files */
             if (fstat(m->task_fd, &st) || (long)st.st_nlink - 2 != m->threads) return R_TREE;
             if (m->threads > 1 && now - m->listed_at >= TASKS_REFRESH_S) {
                 if (same_tids(m)) return R_TREE;

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Protocol
 
-from montage.memory.sampling import _Sampler, _SteadyBand
+from montage.memory.sampling import _failed, _Sampler, _SteadyBand
 
 logger = logging.getLogger("montage.memory")
 
@@ -158,9 +158,7 @@ class NativeTicker:
             try:
                 self._fn()
             except Exception:
-                failures += 1
-                if failures in (1, 10, 100) or failures % 1000 == 0:
-                    logger.exception("memory sample failed (%d in a row)", failures)
+                failures = _failed(failures)
             else:
                 failures = 0
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from montage.memory.pressure import MemoryPressureLevel as Level
 from montage.memory.pressure import PressureThresholds
 from montage.memory.sampling import _Sampler, _SteadyBand
 
-from .conftest import NATIVE_MISSING
+from .conftest import NATIVE_MISSING, wait_for
 from .test_limits import GIB, HOST_TOTAL_KIB, MIB, NO_ENV, fake_host, fake_v1, fake_v2, write
 
 pytestmark = pytest.mark.skipif(native.extension() is None, reason=NATIVE_MISSING)
@@ -33,15 +32,6 @@ pytestmark = pytest.mark.skipif(native.extension() is None, reason=NATIVE_MISSIN
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ROOT_PID = 100
 THRESHOLDS = PressureThresholds()
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class FakeTree:
