@@ -275,13 +275,13 @@ def test_a_tracked_child_peak_is_followed(tmp_path: Path) -> None:
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.stdout.readline() == "big\n"
-        time.sleep(0.3)  # the sampler alone must see the peak: no get_tracked_processes here
+        [record] = monitor._tracker.snapshot()  # the sampler alone updates it (no other reads)
+        assert wait_for(lambda: record.peak_memory_mb >= 50)
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.stdout.readline() == "small\n"
-        time.sleep(0.3)
-        record = monitor._tracker.snapshot()[0]
-        assert record.peak_memory_mb >= 50 and record.memory_mb < 40
+        assert wait_for(lambda: record.memory_mb < 40)
+        assert record.peak_memory_mb >= 50
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.wait(timeout=30) == 0
@@ -347,7 +347,9 @@ if pid == 0:
     ok = not monitor.running and monitor._native is None
     ok = ok and monitor.get_current_stats().tree_memory_mb > 0
     monitor.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while len(monitor.history()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
     ok = ok and monitor.sampler_kind == "native" and len(monitor.history()) >= 3
     monitor.stop()
     os._exit(0 if ok else 1)
