@@ -175,6 +175,7 @@ def measure_cpu(duration_s: float, runs: int, children: int) -> list[str]:
     nets: dict[str, list[float]] = {"native": [], "python": []}
     per_sample: dict[str, list[float]] = {"native": [], "python": []}
     floors = []
+    load_before = os.getloadavg()
     for run in range(1, runs + 1):
         native, python, floor, bare = run_side_by_side(
             CPU_CHILD, [str(duration_s), str(children)], ("native", "python", "floor", "bare")
@@ -196,6 +197,7 @@ def measure_cpu(duration_s: float, runs: int, children: int) -> list[str]:
                 f"{_pct(floor):.3f} / {floors[-1]:.0f} | "
                 f"{float(str(result['peak_mb'])):.1f} / {float(str(bare['peak_mb'])):.1f} |"
             )
+    load_after = os.getloadavg()
     net, net_python = _median(nets["native"]), _median(nets["python"])
     floor_us = statistics.median(floors)
     verdict = "met" if net < CPU_TARGET_PCT else "**missed**"
@@ -212,6 +214,10 @@ def measure_cpu(duration_s: float, runs: int, children: int) -> list[str]:
         " peak RSS MiB monitored / baseline |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
+        "",
+        "Load average (1/5/15 min) before / after the runs: "
+        + " / ".join(", ".join(f"{v:.2f}" for v in load) for load in (load_before, load_after))
+        + ".",
         "",
         f"Median net share: **{net:.3f} %** of one core with the native sampler (the default "
         f"when it is built); target < {CPU_TARGET_PCT} %: {verdict}. The pure-Python sampler "
