@@ -26,13 +26,17 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 SOURCE = Path("montage") / "memory" / "_native_sampler.c"
 
 
+def _target(root: Path) -> Path:
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return (root / SOURCE).with_name("_native_sampler" + suffix)
+
+
 def _compile(root: Path) -> Path:
     """Build the extension next to its source; the path of the .so. Raises on any failure."""
     if not sys.platform.startswith("linux"):
         raise RuntimeError(f"the native sampler is Linux-only (platform {sys.platform})")
     source = root / SOURCE
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    target = source.with_name("_native_sampler" + suffix)
+    target = _target(root)
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     ldshared = shlex.split(sysconfig.get_config_var("LDSHARED") or f"{cc[0]} -shared")
     cflags = shlex.split(sysconfig.get_config_var("CCSHARED") or "-fPIC")
@@ -60,6 +64,7 @@ class NativeSamplerHook(BuildHookInterface):  # type: ignore[type-arg]
         try:
             target = _compile(root)
         except Exception as error:  # a missing compiler or header must not fail the install
+            _target(root).unlink(missing_ok=True)  # never import a .so older than its source
             detail = getattr(error, "stderr", None) or error
             self.app.display_warning(
                 "montage: the native memory sampler was not built, the pure-Python sampler "
