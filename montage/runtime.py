@@ -190,6 +190,7 @@ def _config_status(monitor: MemoryMonitor) -> dict[str, Any]:
     return {
         "initialized": _state.initialized,
         "monitor_running": monitor.running,
+        "sampler": monitor.sampler_kind,
         "interval_s": monitor.interval_s,
         "limit_mb": round(limit.limit_mb, 1),
         "limit_source": limit.source,

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from montage.errors import ConfigError
+from montage.memory import native as _native_mod
 from montage.memory.guard import _GUARD_BUDGET_MB as _GUARD_BUDGET_MB
 from montage.memory.guard import MemoryGuard, current_budget_mb, memory_guard
 from montage.memory.guard import _narrowest as _narrowest
 from montage.memory.limits import MemoryLimit, find_memory_limit
+from montage.memory.native import NativeHandle, NativeTicker
 from montage.memory.pressure import MemoryPressureLevel, PressureThresholds
 from montage.memory.sampling import LEVEL, RawSample, _Sampler
 from montage.memory.sampling import _SteadyBand as _SteadyBand
@@ -141,7 +144,11 @@ class MemoryMonitor:
         self._listeners: list[TickListener] = []
         self._tracker = ProcessTracker(self._root, self._lock)
         self._tracked = self._tracker.records  # the same dict: the sampler's cheap "any?" test
-        self._ticker: _Ticker | None = None
+        self._ticker: _Ticker | NativeTicker | None = None
+        # The native sampler's handle while it runs (montage.memory.native), and the limit its
+        # ring entries were measured against (the sampler's when it was last armed).
+        self._native: NativeHandle | None = None
+        self._native_limit: MemoryLimit | None = None
 
     # --- configuration ------------------------------------------------------------------
 
@@ -188,6 +195,9 @@ class MemoryMonitor:
                 self._thresholds = thresholds
             if interval_s is not None:
                 self._interval_s = float(interval_s)
+                if self._native is not None:
+                    self._native.set_interval(self._interval_s)
+            self._disarm_native()  # the next tick runs in Python with the new settings
 
     def budget_mb(self) -> float | None:
         """The budget in the caller's context: configured, narrowed by enclosing guards."""
@@ -213,14 +223,25 @@ class MemoryMonitor:
         try:
             sampler = self._sampler or self._open_sampler()
             previous = self._level
-            raw = sampler.sample(previous, self._thresholds, pid)
-            tracker = self._tracker
-            if tracker.records and (  # skipped while no walked answer has changed
-                tracker.synced_reader is not sampler.tree
-                or tracker.synced_version != sampler.tree.version
-            ):
-                tracker.update(sampler.tree)  # off the walk just done
-            level = self._level = raw[LEVEL]
+            native = self._native
+            if native is not None:  # hold the C tick, take its samples first (history order)
+                native.pause()
+            try:
+                if native is not None:
+                    self._drain_native(native)
+                raw = sampler.sample(previous, self._thresholds, pid)
+                tracker = self._tracker
+                if tracker.records and (  # skipped while no walked answer has changed
+                    tracker.synced_reader is not sampler.tree
+                    or tracker.synced_version != sampler.tree.version
+                ):
+                    tracker.update(sampler.tree)  # off the walk just done
+                level = self._level = raw[LEVEL]
+                if native is not None:
+                    self._arm_native(native, sampler, level)
+            finally:
+                if native is not None:
+                    native.resume()
             changed = level is not previous
             if not (changed or want_stats or self._listeners):
                 self._pending.append(raw)
@@ -238,6 +259,45 @@ class MemoryMonitor:
             for listener in listeners:
                 self._call_safely(listener, stats)
         return stats
+
+    def _drain_native(self, native: NativeHandle) -> None:
+        """Move the C ring's steady samples into the history, as ``RawSample`` tuples.
+
+        Every entry was taken inside the band of the current level (a level change re-arms
+        the C side under ``pause()``, after this drain), against ``_native_limit``.
+        """
+        entries = native.drain()
+        if entries:
+            limit, level, append = self._native_limit, self._level, self._pending.append
+            assert limit is not None
+            for taken, used, available, swap, some, full, own, tree, percent in entries:
+                append((taken, limit, used, available, swap, some, full, own, tree, percent, level))
+
+    def _arm_native(
+        self, native: NativeHandle, sampler: _Sampler, level: MemoryPressureLevel
+    ) -> None:
+        """Let the C side take the steady ticks again, in ``level``'s band (under ``pause``)."""
+        band = sampler.band
+        if band is None or band.level is not level or band.thresholds is not self._thresholds:
+            band = sampler.band = _SteadyBand(level, self._thresholds)
+        try:
+            _native_mod.arm(
+                native,
+                sampler,
+                band,
+                wake_every=bool(self._listeners),
+                wake_on_member=bool(self._tracker.records),
+            )
+        except Exception:
+            native.disarm()  # its old band may be wrong now: every tick asks Python instead
+            raise
+        self._native_limit = sampler.limit
+
+    def _disarm_native(self) -> None:
+        """Make the C side hand its next tick to Python (settings, listeners, records changed)."""
+        native = self._native
+        if native is not None:
+            native.disarm()
 
     def _open_sampler(self) -> _Sampler:
         sampler = self._sampler = _Sampler(self._limit or self.limit, self._root)
@@ -262,6 +322,8 @@ class MemoryMonitor:
     def history(self) -> list[MemoryStats]:
         """The latest samples, oldest first (at most ``history_size``)."""
         with self._lock:
+            if self._native is not None:
+                self._drain_native(self._native)
             history, offset = self._history, _wall_offset()
             for item in self._pending:
                 history.append(item if isinstance(item, MemoryStats) else _stats(item, offset))
@@ -282,6 +344,7 @@ class MemoryMonitor:
         """Called with every sample (memory_guard uses it to follow a block's peak)."""
         with self._lock:
             self._listeners.append(fn)
+            self._disarm_native()  # listeners see every tick: the C side wakes Python for each
 
     def remove_sample_listener(self, fn: TickListener) -> None:
         with self._lock:
@@ -295,12 +358,27 @@ class MemoryMonitor:
         ticker = self._ticker
         return ticker is not None and ticker.alive
 
+    @property
+    def sampler_kind(self) -> str:
+        """``"native"`` (C thread, ``montage.memory.native``) or ``"python"``: the sampler that
+        runs, or that ``start()`` would run."""
+        if isinstance(self._ticker, NativeTicker) and self._ticker.alive:
+            return "native"
+        return "python" if self.running else _native_mod.sampler_kind()
+
     def start(self) -> None:
-        """Start the daemon sampler thread (idempotent)."""
+        """Start the sampler (idempotent): native if built and enabled, else a Python thread."""
         with self._lock:
             if not self.running:  # the thread samples the tree of the process that started it
                 tick = functools.partial(self._tick, os.getpid())
-                self._ticker = _Ticker(tick, self._interval, "montage-memory")
+                if _native_mod.enabled():
+                    capacity = self._pending.maxlen or 1
+                    handle = _native_mod.new_handle(self._interval_s, capacity)
+                    self._native, self._native_limit = handle, None
+                    self._ticker = NativeTicker(handle, tick, "montage-memory")
+                    _with_native.add(self)
+                else:
+                    self._ticker = _Ticker(tick, self._interval, "montage-memory")
 
     def stop(self) -> None:
         """Stop the sampler and wait for it (idempotent; safe from a callback)."""
@@ -308,6 +386,11 @@ class MemoryMonitor:
             ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.stop()
+        if isinstance(ticker, NativeTicker):
+            with self._lock:
+                if self._native is ticker.handle:  # its last samples join the history
+                    self._drain_native(ticker.handle)
+                    self._native = None
 
     def close(self) -> None:
         """Stop sampling and release kept-open files."""
@@ -325,9 +408,11 @@ class MemoryMonitor:
     def track_process(self, pid: int, name: str, is_ffmpeg: bool = False) -> None:
         """Follow ``pid`` (and its descendants) until it exits; ignored if already gone."""
         self._tracker.track(pid, name, is_ffmpeg)
+        self._disarm_native()  # the next tick updates it in Python, then arms for its changes
 
     def _track(self, record: _Tracked) -> None:
         self._tracker.add(record)
+        self._disarm_native()
 
     def untrack_process(self, pid: int) -> None:
         self._tracker.untrack(pid)
@@ -355,6 +440,21 @@ class MemoryMonitor:
 
     def get_ffmpeg_processes(self) -> list[ProcessInfo]:
         return [p for p in self.get_tracked_processes() if p.is_ffmpeg]
+
+
+# Monitors whose native sampler may be running: a forked child has no C thread (the handle
+# marks itself dead there), so it forgets the handle and its start() makes a new one.
+_with_native: weakref.WeakSet[MemoryMonitor] = weakref.WeakSet()
+
+
+def _forget_native_after_fork() -> None:
+    for monitor in list(_with_native):
+        monitor._native = None
+        if isinstance(monitor._ticker, NativeTicker):
+            monitor._ticker = None
+
+
+os.register_at_fork(after_in_child=_forget_native_after_fork)
 
 
 # --- singleton (the budget context and memory_guard live in guard.py) -----------------------

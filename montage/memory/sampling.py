@@ -161,6 +161,17 @@ class _Sampler:
         self.tree.close()
 
 
+def _failed(failures: int) -> int:
+    """Log a failed tick (the 1st, 10th, 100th, then every 1000th in a row); the new count.
+
+    Called from an ``except`` block: the traceback logged is the tick's.
+    """
+    failures += 1
+    if failures in (1, 10, 100) or failures % 1000 == 0:
+        logger.exception("memory sample failed (%d in a row)", failures)
+    return failures
+
+
 class _Ticker:
     """A daemon thread that calls ``fn`` every ``interval_s()`` seconds until stopped.
 
@@ -192,9 +203,7 @@ class _Ticker:
                 try:
                     fn()
                 except Exception:
-                    failures += 1
-                    if failures in (1, 10, 100) or failures % 1000 == 0:
-                        logger.exception("memory sample failed (%d in a row)", failures)
+                    failures = _failed(failures)
                 else:
                     failures = 0
         finally:

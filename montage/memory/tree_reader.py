@@ -17,7 +17,12 @@ from montage.memory.tree import (
     process_tree_memory,
 )
 
-__all__ = ["ProcessTreeReader"]
+__all__ = ["NativeMember", "ProcessTreeReader"]
+
+NativeMember = tuple[
+    int, bytes, int, int, int, str, tuple[int, ...], float, list[tuple[int, bytes]] | None
+]
+"""One tree member as the native sampler takes it (``ProcessTreeReader.native_args``)."""
 
 
 class ProcessTreeReader(_KeptProcs):
@@ -245,6 +250,29 @@ class ProcessTreeReader(_KeptProcs):
         for pid in list(self._procs):
             self._drop(pid)
         self._parents, self._order, self._members, self._cursor = {}, [], [], None
+
+    def native_args(self) -> tuple[int, bytes | None, float, list[NativeMember]]:
+        """What the native sampler needs to repeat ``read_totals``' steady path and
+        ``_recheck`` (``montage.memory.native``): the pid cursor's fd (-1 if not trusted), its
+        text and time at the last walk, and the last walk's members, root first. No members
+        (psutil mode, no walk yet) means the native side cannot prove a tree: it asks Python."""
+        if self._psutil:
+            return -1, None, 0.0, []
+        members = [
+            (
+                entry.statm_fd,
+                entry.statm,
+                entry.rss,
+                entry.task_fd,
+                entry.threads,
+                f"{self._proc}/{entry.pid}/task",
+                entry.tids,
+                entry.listed_at,
+                entry.children_read,
+            )
+            for entry in self._members
+        ]
+        return max(self._cursor_fd, -1), self._cursor, self._full_at, members
 
     def walked(self, pid: int) -> tuple[int | None, int] | None:
         """``(start_ticks, subtree RSS)`` of descendant ``pid`` in the last ``read``.

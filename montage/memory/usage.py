@@ -356,6 +356,25 @@ class UsageReader:
             host_available_bytes,
         )
 
+    def native_args(self) -> tuple[int, int, int, bytes, int, int, int]:
+        """What the native sampler re-reads (``montage.memory.native``): meminfo, cgroup
+        current and stat fds, the stat key of inactive page cache, swap and PSI fds (-1: none),
+        and the ceiling. The fds stay Python's; the native side reads its own copies."""
+
+        def fd(kept: _KeptFile | None) -> int:
+            return -1 if kept is None else kept.fd
+
+        key = b"inactive_file " if self._version == 2 else b"total_inactive_file "
+        return (
+            self._meminfo.fd,
+            fd(self._current),
+            fd(self._stat),
+            key,
+            fd(self._swap),
+            fd(self._psi),
+            self._ceiling_bytes,
+        )
+
     def read(self) -> MemoryUsage:
         """One sample; cheap enough to call every 100 ms (see benchmarks/bench_sampling.py)."""
         used, available, swap_used, psi_some, psi_full, ceiling, host_available = self.sample()

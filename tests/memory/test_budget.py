@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,10 @@ from montage.memory.budget import MemoryBudget, get_memory_budget, memory_constr
 from montage.memory.monitor import memory_guard
 from montage.memory.usage import process_tree_memory
 
+from .conftest import wait_for
+
+pytestmark = pytest.mark.usefixtures("sampler")  # each test with both samplers
+
 MIB = 1024 * 1024
 
 
@@ -28,15 +31,6 @@ def tree_mb() -> float:
 def budget_with_free(free_mb: float) -> MemoryBudget:
     """A budget with about ``free_mb`` left over after this process's current usage."""
     return MemoryBudget(total_mb=tree_mb() + free_mb, headroom_pct=0.0)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_reservations_are_counted_and_released() -> None:

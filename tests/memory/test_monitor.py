@@ -30,6 +30,10 @@ from montage.memory.monitor import (
 )
 from montage.memory.pressure import MemoryPressureLevel as Level
 
+from .conftest import wait_for
+
+pytestmark = pytest.mark.usefixtures("sampler")  # each test with both samplers
+
 MIB = 1024 * 1024
 Change = tuple[Level, Level]
 
@@ -86,15 +90,6 @@ def unrecord(monitor: MemoryMonitor, changes: list[Change]) -> None:
 
 def is_running(monitor: MemoryMonitor) -> bool:
     return monitor.running
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # --- sampling, levels, callbacks ---------------------------------------------------------
