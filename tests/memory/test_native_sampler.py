@@ -330,23 +330,30 @@ def test_tracked_groups_follow_rss_and_peak_without_waking_python(tmp_path: Path
 
 
 BUSY_CHILD = """
-import sys, time
+import mmap, sys, time
+def touch(size):  # mapped and unmapped directly: munmap gives the pages back at once
+    mapping = mmap.mmap(-1, size)
+    for at in range(0, size, 4096):
+        mapping[at] = 1
+    return mapping
 print("ready", flush=True)
 sys.stdin.readline()
-b = bytearray()
+old, i = None, 0
 end = time.monotonic() + float(sys.argv[1])
-i = 0
-while time.monotonic() < end:  # RSS moves every 20 ms, between ~4 and ~24 MiB over the base
-    del b
-    b = bytearray(b"1") * ((4 + (i * 7) % 21) << 20)
-    i += 1
+while time.monotonic() < end:  # RSS moves every 20 ms, between ~4 and ~29 MiB over the base
+    new = touch((4 + (i * 7) % 21) << 20)
+    if old is not None:
+        old.close()
+    old, i = new, i + 1
     time.sleep(0.02)
     if i == 40:  # the peak, held a few ticks
-        del b
-        b = bytearray(b"1") * (70 << 20)
+        old.close()
+        old = touch(70 << 20)
         time.sleep(0.5)
-del b
-b = bytearray(b"1") * (8 << 20)
+        old.close()
+        old = touch(4 << 20)
+old.close()
+old = touch(8 << 20)
 print("hold", flush=True)
 sys.stdin.readline()
 """
