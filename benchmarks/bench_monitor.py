@@ -14,7 +14,11 @@ children *at the same time* so the busy shared machine affects both sides alike:
 (b) RSS: a bare ``python`` child vs one that imports ``montage`` and ``montage.memory.monitor``
     and starts the monitor; both report VmRSS after ``--settle`` seconds.
 
-Run: ``.venv/bin/python benchmarks/bench_monitor.py [--duration 30] [--runs 3] [--rss-runs 5]``
+``--busy-children N`` adds N tracked children whose RSS moves every tick (ffmpeg at work) to
+every child of (a); ``--rss-runs 0`` skips (b).
+
+Run: ``.venv/bin/python benchmarks/bench_monitor.py [--duration 30] [--runs 3] [--rss-runs 5]
+[--busy-children 0]``
 """
 
 from __future__ import annotations
@@ -68,19 +72,40 @@ NATIVE_NOTE = [
     "re-reads the same kept-open files (its own dup()s of the Python readers' fds), computes "
     "the same numbers, checks them against the level's steady band and appends them to a "
     "ring; the Python thread sleeps until the C side writes to a pipe (a band exit, a tree "
-    "that may have changed, a tracked child's memory that moved, an unusual file, listeners). "
+    "that may have changed, an unusual file, listeners). A tracked child's moving memory "
+    "does not wake it: the C side keeps each tracked subtree's RSS and peak, and Python "
+    "folds them in when the tracked processes or the history are read, or at its next tick. "
     "Python wake-ups in the table count those; the history, levels, callbacks and tracked "
     "processes are the Python sampler's. `MONTAGE_NATIVE_SAMPLER=0`, or an install without "
     "a C compiler, runs the Python sampler, the second row of each run.",
 ]
 
+# A tracked child whose RSS moves on every tick, as ffmpeg's does while it works: every 50 ms it
+# maps 2, 3 or 4 MiB, touches each page and unmaps the previous mapping (munmap gives the pages
+# back at once, unlike free()), so each 10 Hz tick sees another RSS. Cheap: ~1 % of a core.
+BUSY_CHILD = """
+import mmap, time
+old, n = None, 0
+while True:
+    size = (2 + n % 3) << 20
+    new = mmap.mmap(-1, size)
+    for at in range(0, size, 4096):
+        new[at] = 1
+    if old is not None:
+        old.close()
+    old, n = new, n + 1
+    time.sleep(0.05)
+"""
+
 CPU_CHILD = """
 import json, os, resource, subprocess, sys, time
+BUSY = %r
 monitored = sys.argv[1] in ("native", "python")
 if monitored:  # before montage is imported: the sampler is chosen at start()
     os.environ["MONTAGE_NATIVE_SAMPLER"] = "1" if sys.argv[1] == "native" else "0"
-duration_s, n_children = float(sys.argv[2]), int(sys.argv[3])
+duration_s, n_children, n_busy = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 kids = [subprocess.Popen(["sleep", "600"]) for _ in range(n_children)]
+kids += [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n_busy)]
 samples = 0
 if sys.argv[1] == "floor":  # the floor: a thread that wakes like the sampler and does nothing
     import select, threading
@@ -98,7 +123,7 @@ if monitored:
     from montage.memory.monitor import get_memory_monitor
     monitor = get_memory_monitor()
     for kid in kids:
-        monitor.track_process(kid.pid, "idle", is_ffmpeg=True)
+        monitor.track_process(kid.pid, "child", is_ffmpeg=True)
     monitor.start()
     kind = monitor.sampler_kind
     time.sleep(0.5)  # first samples (limit resolution, file opens) are not the steady state
@@ -170,7 +195,7 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def measure_cpu(duration_s: float, runs: int, children: int) -> list[str]:
+def measure_cpu(duration_s: float, runs: int, children: int, busy: int = 0) -> list[str]:
     rows = []
     nets: dict[str, list[float]] = {"native": [], "python": []}
     per_sample: dict[str, list[float]] = {"native": [], "python": []}
@@ -178,7 +203,9 @@ def measure_cpu(duration_s: float, runs: int, children: int) -> list[str]:
     load_before = os.getloadavg()
     for run in range(1, runs + 1):
         native, python, floor, bare = run_side_by_side(
-            CPU_CHILD, [str(duration_s), str(children)], ("native", "python", "floor", "bare")
+            CPU_CHILD % BUSY_CHILD,
+            [str(duration_s), str(children), str(busy)],
+            ("native", "python", "floor", "bare"),
         )
         baseline = _pct(bare)
         floors.append(_per_sample_us(floor))
@@ -205,8 +232,15 @@ def measure_cpu(duration_s: float, runs: int, children: int) -> list[str]:
     ratios = [
         n / p for n, p in zip(per_sample["native"], per_sample["python"], strict=False) if p > 0
     ]
+    tracked = f"{children} tracked children"
+    if busy:
+        tracked = (
+            f"{children} idle and {busy} busy tracked children: the busy ones' RSS moves every "
+            f"tick, as ffmpeg's does at work; every child, the baseline and the floor included, "
+            f"runs them"
+        )
     return [
-        f"### (a) Sampler CPU share at 10 Hz over {duration_s:.0f} s ({children} tracked children)",
+        f"### (a) Sampler CPU share at 10 Hz over {duration_s:.0f} s ({tracked})",
         "",
         "| run | sampler | monitored CPU % of one core | baseline % (same time, no monitor) |"
         " net % | samples (rate) | CPU µs per sample | Python wake-ups |"
@@ -241,6 +275,8 @@ def measure_cpu(duration_s: float, runs: int, children: int) -> list[str]:
 
 
 def measure_rss(runs: int, settle_s: float) -> list[str]:
+    if runs < 1:
+        return []
     deltas, monitored_mb, bare_mb = [], [], []
     heavy: object = []
     for _ in range(runs):
@@ -276,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per CPU run")
     parser.add_argument("--runs", type=int, default=3, help="CPU runs")
     parser.add_argument("--children", type=int, default=2, help="idle tracked children")
+    parser.add_argument(
+        "--busy-children",
+        type=int,
+        default=0,
+        help="tracked children whose RSS moves every tick (as a working ffmpeg's)",
+    )
     parser.add_argument("--rss-runs", type=int, default=5)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS")
     args = parser.parse_args(argv)
@@ -291,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "- Each comparison runs the monitored children (native and Python sampler) and the "
         "baseline child at the same time.",
         "",
-        *measure_cpu(args.duration, args.runs, args.children),
+        *measure_cpu(args.duration, args.runs, args.children, args.busy_children),
         *measure_rss(args.rss_runs, args.settle),
     ]
     print("\n".join(lines))

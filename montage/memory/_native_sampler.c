@@ -8,8 +8,13 @@
  * numbers as UsageReader.sample and ProcessTreeReader.read_totals, checks them against the
  * steady band Python configured, and appends a raw sample to a ring. Python is woken (a byte on
  * a pipe) only when it has something to do: a sample outside the band, a tree that may have
- * changed, a tracked child's memory that moved, a read or parse that is not the plain kernel
- * layout, listeners that want every tick, or no configuration yet. Anything unusual wakes
+ * changed, a read or parse that is not the plain kernel layout, listeners that want every
+ * tick, or no configuration yet. Tracked children's memory moving (ffmpeg's, nearly every
+ * tick of a job) does not wake it: each tracked process Python hands over as a group of tree
+ * members gets its subtree RSS, and the largest since Python last looked, kept here
+ * (take_tracked); Python folds them into its records when they are read or at its next tick.
+ * Only a tracked process the C side cannot follow (not a proven member) still wakes Python
+ * when a member's RSS moves (R_MEMBER), as before. Anything unusual wakes
  * Python, whose readers then measure that tick themselves, so what the C code accepts it
  * computes exactly as Python would (the tests compare both on the same trees).
  *
@@ -43,7 +48,7 @@
 #define R_UNCONFIGURED 1
 #define R_BAND 2
 #define R_TREE 4       /* the tree may have changed (recheck failed, a member exited) */
-#define R_MEMBER 8     /* a descendant's RSS moved while processes are tracked */
+#define R_MEMBER 8     /* a descendant's RSS moved while a tracked process has no group */
 #define R_EVERY 16     /* listeners: every tick */
 #define R_READ 32      /* a read or parse the C code does not handle */
 #define R_KICK 64      /* Python asked for one tick */
@@ -74,6 +79,15 @@ typedef struct {
     Py_ssize_t nchildren;
 } Member;
 
+/* A tracked process followed in C: its subtree's members (indices into Config.members) and
+   the subtree RSS of the last steady tick and the largest since Python last took them. */
+typedef struct {
+    Py_ssize_t *idx;
+    Py_ssize_t n;
+    long long current, peak;
+    int fresh;        /* ticks measured it since take_tracked() */
+} Group;
+
 typedef struct {
     int meminfo_fd, current_fd, stat_fd, swap_fd, psi_fd, cursor_fd;
     char key[32];
@@ -85,6 +99,8 @@ typedef struct {
     int wake_every, wake_on_member;
     Member *members;
     Py_ssize_t nmembers;
+    Group *groups;
+    Py_ssize_t ngroups;
 } Config;
 
 typedef struct SamplerObject {
@@ -393,6 +409,16 @@ static int measure(SamplerObject *s, Config *c, Sample *out) {
         if (cursor_len >= 0) set_text(&c->cursor, cursor, cursor_len);
         else c->cursor.len = -1;
     }
+    /* The tree is proven and every member read: the tracked subtrees' RSS, as
+       ProcessTracker.update would take it from this walk (Python folds it in lazily). */
+    for (Py_ssize_t g = 0; g < c->ngroups; g++) {
+        Group *grp = &c->groups[g];
+        long long sum = 0;
+        for (Py_ssize_t j = 0; j < grp->n; j++) sum += c->members[grp->idx[j]].rss;
+        grp->current = sum;
+        if (!grp->fresh || sum > grp->peak) grp->peak = sum;
+        grp->fresh = 1;
+    }
 
     /* _Sampler.sample: the percent, then the band (classify is Python's). */
     long long budget = c->budget, ceiling = c->ceiling ? c->ceiling : c->host_total;
@@ -507,6 +533,8 @@ static void free_config(Config *c) {
         }
     }
     free(c->members);
+    for (Py_ssize_t g = 0; g < c->ngroups; g++) free(c->groups[g].idx);
+    free(c->groups);
     free(c);
 }
 
@@ -573,6 +601,36 @@ static int parse_member(PyObject *item, Member *m) {
     return 0;
 }
 
+static int parse_groups(PyObject *groups, Config *c) {
+    PyObject *seq = PySequence_Fast(groups, "groups must be a sequence");
+    if (!seq) return -1;
+    c->ngroups = PySequence_Fast_GET_SIZE(seq);
+    c->groups = calloc((size_t)c->ngroups + 1, sizeof(Group));
+    if (!c->groups) { c->ngroups = 0; Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t g = 0; g < c->ngroups; g++) {
+        PyObject *idx = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, g), "a group is indices");
+        if (!idx) { Py_DECREF(seq); return -1; }
+        Group *grp = &c->groups[g];
+        grp->n = PySequence_Fast_GET_SIZE(idx);
+        grp->idx = calloc((size_t)grp->n + 1, sizeof(Py_ssize_t));
+        if (!grp->idx) { Py_DECREF(idx); Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+        for (Py_ssize_t j = 0; j < grp->n; j++) {
+            Py_ssize_t at = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(idx, j));
+            if (at == -1 && PyErr_Occurred()) { Py_DECREF(idx); Py_DECREF(seq); return -1; }
+            if (at < 0 || at >= c->nmembers) {
+                PyErr_SetString(PyExc_ValueError, "group index out of range");
+                Py_DECREF(idx);
+                Py_DECREF(seq);
+                return -1;
+            }
+            grp->idx[j] = at;
+        }
+        Py_DECREF(idx);
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
 static int check_alive(SamplerObject *s) {
     if (s->forked) {
         PyErr_SetString(PyExc_RuntimeError, "native sampler inherited through fork()");
@@ -590,24 +648,25 @@ static void lock_tick(SamplerObject *s) {
 PyDoc_STRVAR(configure_doc,
 "configure(meminfo_fd, current_fd, stat_fd, inactive_key, swap_fd, psi_fd, cursor_fd, cursor,\n"
 "          host_total, ceiling, budget, low_pct, high_pct, floor_mb, psi_limit, last_check,\n"
-"          wake_every, wake_on_member, members)\n"
+"          wake_every, wake_on_member, members, groups=())\n"
 "Arm the thread with copies (dup) of Python's fds. -1: no such file; budget -1: none;\n"
 "cursor None: unknown. members: root first, each (statm_fd, statm_text, rss, task_fd,\n"
-"threads, task_dir, tids, listed_at, [(children_fd, text), ...] or None).");
+"threads, task_dir, tids, listed_at, [(children_fd, text), ...] or None). groups: the\n"
+"tracked processes followed in C, each a sequence of member indices (its subtree).");
 
 static PyObject *Sampler_configure(SamplerObject *s, PyObject *args) {
     long meminfo_fd, current_fd, stat_fd, swap_fd, psi_fd, cursor_fd;
     const char *key;
     Py_ssize_t key_len;
-    PyObject *cursor, *members;
+    PyObject *cursor, *members, *groups = NULL;
     long long host_total, ceiling, budget;
     double low, high, floor_mb, psi_limit, last_check;
     int wake_every, wake_on_member;
     if (check_alive(s)) return NULL;
-    if (!PyArg_ParseTuple(args, "llly#lllOLLLdddddppO", &meminfo_fd, &current_fd, &stat_fd,
+    if (!PyArg_ParseTuple(args, "llly#lllOLLLdddddppO|O", &meminfo_fd, &current_fd, &stat_fd,
                           &key, &key_len, &swap_fd, &psi_fd, &cursor_fd, &cursor, &host_total,
                           &ceiling, &budget, &low, &high, &floor_mb, &psi_limit, &last_check,
-                          &wake_every, &wake_on_member, &members))
+                          &wake_every, &wake_on_member, &members, &groups))
         return NULL;
     if ((size_t)key_len >= sizeof(((Config *)0)->key)) {
         PyErr_SetString(PyExc_ValueError, "inactive_key too long");
@@ -647,6 +706,7 @@ static PyObject *Sampler_configure(SamplerObject *s, PyObject *args) {
     for (Py_ssize_t i = 0; i < c->nmembers; i++)
         if (parse_member(PySequence_Fast_GET_ITEM(seq, i), &c->members[i])) goto fail;
     Py_CLEAR(seq);
+    if (groups && groups != Py_None && parse_groups(groups, c)) goto fail;
     lock_tick(s);
     Config *old = s->cfg;
     s->cfg = c;
@@ -698,6 +758,27 @@ static PyObject *Sampler_measure(SamplerObject *s, PyObject *Py_UNUSED(ignored))
     pthread_mutex_unlock(&s->tick_mu);
     if (reasons) return Py_BuildValue("(iO)", reasons, Py_None);
     return Py_BuildValue("(iN)", 0, sample_tuple(&x));
+}
+
+static PyObject *Sampler_take_tracked(SamplerObject *s, PyObject *Py_UNUSED(ignored)) {
+    /* Under tick_mu (recursive: also inside pause()), so no tick is half-way through. */
+    if (s->forked) return PyList_New(0);
+    lock_tick(s);
+    Config *c = s->cfg;
+    Py_ssize_t n = 0;
+    for (Py_ssize_t g = 0; c && g < c->ngroups; g++) n += c->groups[g].fresh;
+    PyObject *list = PyList_New(n);
+    Py_ssize_t k = 0;
+    for (Py_ssize_t g = 0; list && c && g < c->ngroups; g++) {
+        Group *grp = &c->groups[g];
+        if (!grp->fresh) continue;
+        PyObject *item = Py_BuildValue("(nLL)", g, grp->current, grp->peak);
+        if (!item) { Py_CLEAR(list); break; }
+        PyList_SET_ITEM(list, k++, item);
+        grp->fresh = 0;
+    }
+    pthread_mutex_unlock(&s->tick_mu);
+    return list;
 }
 
 static PyObject *Sampler_take_reasons(SamplerObject *s, PyObject *Py_UNUSED(ignored)) {
@@ -862,6 +943,9 @@ static PyMethodDef Sampler_methods[] = {
      " psi_some, psi_full, process_rss, tree_rss, percent)."},
     {"measure", (PyCFunction)Sampler_measure, METH_NOARGS,
      "One tick now, in this thread: (0, sample) if steady, else (reasons, None)."},
+    {"take_tracked", (PyCFunction)Sampler_take_tracked, METH_NOARGS,
+     "The groups measured since the last call: [(group, current RSS, peak RSS), ...]; the"
+     " peak is the largest subtree RSS of those ticks. Clears them."},
     {"take_reasons", (PyCFunction)Sampler_take_reasons, METH_NOARGS,
      "Why Python was woken since the last call (bits), and clear them."},
     {"kick", (PyCFunction)Sampler_kick, METH_NOARGS, "Make the next tick wake Python."},

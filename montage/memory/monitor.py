@@ -149,6 +149,8 @@ class MemoryMonitor:
         # ring entries were measured against (the sampler's when it was last armed).
         self._native: NativeHandle | None = None
         self._native_limit: MemoryLimit | None = None
+        # The tracked records the C side follows, in the order of its groups (``_arm_native``).
+        self._native_followed: list[_Tracked] = []
 
     # --- configuration ------------------------------------------------------------------
 
@@ -229,6 +231,7 @@ class MemoryMonitor:
             try:
                 if native is not None:
                     self._drain_native(native)
+                    self._fold_native(native)
                 raw = sampler.sample(previous, self._thresholds, pid)
                 tracker = self._tracker
                 if tracker.records and (  # skipped while no walked answer has changed
@@ -273,25 +276,72 @@ class MemoryMonitor:
             for taken, used, available, swap, some, full, own, tree, percent in entries:
                 append((taken, limit, used, available, swap, some, full, own, tree, percent, level))
 
+    def _fold_native(self, native: NativeHandle) -> None:
+        """Take the tracked processes' RSS and peaks the C ticks measured since the last look.
+
+        What ``ProcessTracker.update`` would have set had each of those ticks run in Python:
+        the subtree RSS of the latest one, and the largest of them for the peak. Records that
+        were untracked (or replaced) since the C side was armed are left alone.
+        """
+        followed = self._native_followed
+        if not followed:
+            return
+        taken = native.take_tracked()
+        if not taken:
+            return
+        records = self._tracker.records
+        for index, current, peak in taken:
+            record = followed[index]
+            if records.get(record.pid) is record:
+                record.memory_mb = current / MIB
+                peak_mb = peak / MIB
+                if peak_mb > record.peak_memory_mb:
+                    record.peak_memory_mb = peak_mb
+        # The Python reader did not see those ticks: its next walk must update the records
+        # even if its own figures have not moved since it last did.
+        self._tracker.synced_reader = None
+
     def _arm_native(
         self, native: NativeHandle, sampler: _Sampler, level: MemoryPressureLevel
     ) -> None:
-        """Let the C side take the steady ticks again, in ``level``'s band (under ``pause``)."""
+        """Let the C side take the steady ticks again, in ``level``'s band (under ``pause``).
+
+        Each tracked process found in the last walk is handed over as a group (its subtree's
+        members): the C side follows its RSS and peak without waking Python. Only if one
+        cannot be followed so (not our descendant, start time unknown) does every moving
+        member wake Python, as the Python sampler would update it on each tick.
+        """
         band = sampler.band
         if band is None or band.level is not level or band.thresholds is not self._thresholds:
             band = sampler.band = _SteadyBand(level, self._thresholds)
+        tree = sampler.tree
+        followed: list[_Tracked] = []
+        groups: list[list[int]] = []
+        wake_on_member = False
+        for record in self._tracker.records.values():
+            found = tree.walked(record.pid)
+            members = None
+            if found is not None and found[0] == record.start_ticks:
+                members = tree.subtree_members(record.pid)
+            if members is None:
+                wake_on_member = True
+            else:
+                followed.append(record)
+                groups.append(members)
         try:
             _native_mod.arm(
                 native,
                 sampler,
                 band,
                 wake_every=bool(self._listeners),
-                wake_on_member=bool(self._tracker.records),
+                wake_on_member=wake_on_member,
+                groups=groups,
             )
         except Exception:
             native.disarm()  # its old band may be wrong now: every tick asks Python instead
             raise
         self._native_limit = sampler.limit
+        self._native_followed = followed
 
     def _disarm_native(self) -> None:
         """Make the C side hand its next tick to Python (settings, listeners, records changed)."""
@@ -324,6 +374,7 @@ class MemoryMonitor:
         with self._lock:
             if self._native is not None:
                 self._drain_native(self._native)
+                self._fold_native(self._native)
             history, offset = self._history, _wall_offset()
             for item in self._pending:
                 history.append(item if isinstance(item, MemoryStats) else _stats(item, offset))
@@ -390,7 +441,8 @@ class MemoryMonitor:
             with self._lock:
                 if self._native is ticker.handle:  # its last samples join the history
                     self._drain_native(ticker.handle)
-                    self._native = None
+                    self._fold_native(ticker.handle)
+                    self._native, self._native_followed = None, []
 
     def close(self) -> None:
         """Stop sampling and release kept-open files."""
@@ -426,8 +478,18 @@ class MemoryMonitor:
             return
         with self._lock:
             sampler = self._sampler or self._open_sampler()
-            sampler.tree.read_totals()
-            self._tracker.update(sampler.tree)
+            native = self._native
+            if native is None:
+                sampler.tree.read_totals()
+                self._tracker.update(sampler.tree)
+                return
+            native.pause()  # the C ticks' figures first, then this fresher walk
+            try:
+                self._fold_native(native)
+                sampler.tree.read_totals()
+                self._tracker.update(sampler.tree)
+            finally:
+                native.resume()
 
     def get_tracked_processes(self) -> list[ProcessInfo]:
         """Live tracked processes with fresh memory figures; dead ones drop out."""
@@ -449,7 +511,7 @@ _with_native: weakref.WeakSet[MemoryMonitor] = weakref.WeakSet()
 
 def _forget_native_after_fork() -> None:
     for monitor in list(_with_native):
-        monitor._native = None
+        monitor._native, monitor._native_followed = None, []
         if isinstance(monitor._ticker, NativeTicker):
             monitor._ticker = None
 

@@ -6,9 +6,12 @@ cost in C (benchmarks/results/monitor.md). With the extension ``_native_sampler`
 install by hatch_build.py, Linux only) a pthread re-reads the files the Python readers opened,
 computes the same numbers, and appends steady samples to a ring; this module's thread sleeps on
 a pipe and runs the ordinary Python tick only when the C side asks: a sample outside the level's
-steady band (``sampling._SteadyBand``), a tree that may have changed, a tracked child whose
-memory moved, a file it does not parse the plain way, listeners wanting every tick, or a
-configuration to renew. That Python tick drains the ring into the history first, then arms the C
+steady band (``sampling._SteadyBand``), a tree that may have changed, a file it does not parse
+the plain way, listeners wanting every tick, or a configuration to renew. A tracked child's
+memory moving (ffmpeg's, nearly every tick of a job) is no such reason: the C side keeps each
+tracked subtree's RSS and its peak since Python last looked (``take_tracked``), and the monitor
+folds them into its records when they are read (tracked processes, history) or at its next
+tick. That Python tick drains the ring into the history first, then arms the C
 side again with the readers' fresh state (``arm``), so history, levels, callbacks and tracked
 processes behave as with the Python sampler.
 
@@ -23,7 +26,7 @@ import logging
 import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Protocol
 
@@ -48,6 +51,7 @@ class NativeHandle(Protocol):
     def drain(self) -> list[NativeRaw]: ...
     def measure(self) -> tuple[int, NativeRaw | None]: ...
     def take_reasons(self) -> int: ...
+    def take_tracked(self) -> list[tuple[int, int, int]]: ...
     def disarm(self) -> None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
@@ -98,8 +102,15 @@ def arm(
     *,
     wake_every: bool,
     wake_on_member: bool,
+    groups: Sequence[Sequence[int]] = (),
 ) -> None:
-    """Hand the C side the readers' current files and state, and the band to stay in."""
+    """Hand the C side the readers' current files and state, and the band to stay in.
+
+    ``groups``: the tracked processes the C side follows, each the indices of its subtree in
+    the tree's members (``ProcessTreeReader.subtree_members``); their RSS and peak since the
+    last look come back from ``take_tracked()`` instead of waking Python when they move.
+    ``wake_on_member``: wake Python whenever a member's RSS moves (a tracked process that no
+    group covers)."""
     meminfo, current, stat, key, swap, psi, ceiling = sampler.usage.native_args()
     cursor_fd, cursor, last_check, members = sampler.tree.native_args()
     budget = sampler.budget
@@ -123,6 +134,7 @@ def arm(
         wake_every,
         wake_on_member,
         members,
+        groups,
     )
 
 

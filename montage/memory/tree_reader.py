@@ -274,6 +274,20 @@ class ProcessTreeReader(_KeptProcs):
         ]
         return max(self._cursor_fd, -1), self._cursor, self._full_at, members
 
+    def subtree_members(self, pid: int) -> list[int] | None:
+        """Indices in ``native_args``' members of descendant ``pid`` and its own descendants
+        in the last walk (the members whose RSS ``walked(pid)`` sums); None if not in it."""
+        if pid not in self._parents or self._psutil:
+            return None
+        parents = self._parents
+        inside = {pid}
+        indices = []
+        for at, child in enumerate(self._order, 1):  # children come after their parents
+            if child == pid or parents[child] in inside:
+                inside.add(child)
+                indices.append(at)
+        return indices
+
     def walked(self, pid: int) -> tuple[int | None, int] | None:
         """``(start_ticks, subtree RSS)`` of descendant ``pid`` in the last ``read``.
 

@@ -275,17 +275,134 @@ def test_a_tracked_child_peak_is_followed(tmp_path: Path) -> None:
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.stdout.readline() == "big\n"
-        [record] = monitor._tracker.snapshot()  # the sampler alone updates it (no other reads)
-        assert wait_for(lambda: record.peak_memory_mb >= 50)
+        [record] = monitor._tracker.snapshot()  # the sampler alone measures it: history()
+        # walks nothing itself, it only folds in what the native sampler's C ticks measured
+
+        def seen() -> float:
+            monitor.history()
+            return record.peak_memory_mb
+
+        assert wait_for(lambda: seen() >= 50)
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.stdout.readline() == "small\n"
-        assert wait_for(lambda: record.memory_mb < 40)
+        assert wait_for(lambda: seen() >= 50 and record.memory_mb < 40)
         assert record.peak_memory_mb >= 50
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.wait(timeout=30) == 0
         assert wait_for(lambda: monitor._tracker.snapshot() == [])  # gone: dropped by a tick
+    finally:
+        monitor.stop()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_tracked_groups_follow_rss_and_peak_without_waking_python(tmp_path: Path) -> None:
+    module = native.extension()
+    assert module is not None
+    tree = FakeTree(tmp_path, "host")
+    sampler, handle = armed(tree)
+    assert sampler.tree.subtree_members(101) == [1, 2]  # 101 and its child 102
+    assert sampler.tree.subtree_members(102) == [2]
+    assert sampler.tree.subtree_members(ROOT_PID) is None  # the root: not a descendant
+    band = _SteadyBand(Level.LOW, THRESHOLDS)
+    native.arm(handle, sampler, band, wake_every=False, wake_on_member=False, groups=[[1, 2], [2]])
+    assert handle.take_tracked() == []  # no tick yet
+    for pages in (700, 4000, 900):  # the tracked child moves every tick: no wake
+        tree.statm(102, pages)
+        assert handle.measure()[0] == 0
+    assert handle.take_tracked() == [
+        (0, (3000 + 900) * PAGE, (3000 + 4000) * PAGE),
+        (1, 900 * PAGE, 4000 * PAGE),
+    ]
+    assert handle.take_tracked() == []  # taken: the peak starts again from the next tick
+    tree.statm(102, 800)
+    assert handle.measure()[0] == 0
+    assert handle.take_tracked() == [(0, 3800 * PAGE, 3800 * PAGE), (1, 800 * PAGE, 800 * PAGE)]
+    # a tracked process without a group: every moving member wakes Python, as before
+    native.arm(handle, sampler, band, wake_every=False, wake_on_member=True)
+    tree.statm(102, 1200)
+    assert handle.measure()[0] == module.R_MEMBER
+    with pytest.raises(ValueError):
+        native.arm(handle, sampler, band, wake_every=False, wake_on_member=False, groups=[[3]])
+
+
+BUSY_CHILD = """
+import mmap, sys, time
+def touch(size):  # mapped and unmapped directly: munmap gives the pages back at once
+    mapping = mmap.mmap(-1, size)
+    for at in range(0, size, 4096):
+        mapping[at] = 1
+    return mapping
+print("ready", flush=True)
+sys.stdin.readline()
+old, i = None, 0
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:  # RSS moves every 20 ms, between ~4 and ~29 MiB over the base
+    new = touch((4 + (i * 7) % 21) << 20)
+    if old is not None:
+        old.close()
+    old, i = new, i + 1
+    time.sleep(0.02)
+    if i == 40:  # the peak, held a few ticks
+        old.close()
+        old = touch(70 << 20)
+        time.sleep(0.5)
+        old.close()
+        old = touch(4 << 20)
+old.close()
+old = touch(8 << 20)
+print("hold", flush=True)
+sys.stdin.readline()
+"""
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * PAGE / MIB
+
+
+@pytest.mark.usefixtures("sampler")
+def test_a_busy_tracked_child_stays_in_c_and_its_peak_is_exact() -> None:
+    """A child whose RSS moves on every tick (an ffmpeg at work): the native sampler's steady
+    ticks stay in C, and the tracked memory and peak are what the Python sampler reports."""
+    from montage.ffmpeg.watch import peak_rss_bytes
+
+    monitor = MemoryMonitor(interval_s=0.05)
+    monitor.start()
+    child = subprocess.Popen(
+        [sys.executable, "-c", BUSY_CHILD, "3.5"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        monitor.track_process(child.pid, "busy")
+        handle = monitor._native
+        if handle is not None:  # armed again with the child's group: a Python tick has run
+            assert wait_for(lambda: monitor._native_followed != [])
+            before = handle.counters()
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "hold\n"
+        if handle is not None:
+            after = handle.counters()
+            ticks, wakes = after["ticks"] - before["ticks"], after["wakes"] - before["wakes"]
+            assert ticks >= 40
+            assert wakes <= 5, (wakes, ticks)  # not one a tick: the moving child stays in C
+        [info] = monitor.get_tracked_processes()
+        assert abs(info.memory_mb - rss_mb(child.pid)) < 2
+        hwm_mb = peak_rss_bytes(child.pid) / MIB
+        # VmHWM and statm come from the kernel's batched RSS counters: a few pages apart
+        assert abs(info.peak_memory_mb - hwm_mb) < 3, (info.peak_memory_mb, hwm_mb)
+        assert info.peak_memory_mb >= 70
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=30) == 0
     finally:
         monitor.stop()
         if child.poll() is None:
