@@ -401,7 +401,7 @@ def _chunk_first_samples(fh: IO[bytes], stsc: Box, n_chunks: int, n_samples: int
     result = np.concatenate(([0], np.cumsum(per_chunk)))
     if result[-1] != n_samples:
         raise Unsupported("stsc and stsz disagree on the sample count")
-    return result
+    return result.astype(np.int32 if n_samples < 2**31 else np.int64)  # held for the job
 
 
 def _is_aac(stsd: bytes, box: Box) -> bool:

@@ -2,15 +2,13 @@
 
 ``SliceSource.open(path)`` reads the source's tables once (or answers None, logging why at
 debug level: the caller then gives children the whole file, as before). ``input_args`` writes
-the slice's header into the job's managed temp folder (removed when the block ends, by any
-route) and yields the ``-i`` arguments that read header + source span, seeking like ``-ss``.
+a slice's header to a path the caller owns (a managed temp file: removed by any route) and
+returns the ``-i`` arguments that read header + source span, seeking like ``-ss``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from montage.ffmpeg.mp4index import Movie, Unsupported, read_movie
@@ -47,26 +45,21 @@ class SliceSource:
             logger.debug("slices: cannot read %s (%s); reading it whole", source, exc)
         return None
 
-    @contextmanager
-    def input_args(self, seek_s: float, last_s: float | None) -> Iterator[list[str] | None]:
-        """``[-protocol_whitelist, ..., -ss, ..., -i, URL]`` reading what decoding
-        ``[seek_s, last_s]`` (None: to the end) needs, or None if this slice cannot be made."""
-        from montage.resources import managed_tempfile
-
-        with managed_tempfile(suffix=".mp4", prefix="montage_slice_") as header:
-            try:
-                with open(self.path, "rb") as fh:
-                    part = plan_slice(self.movie, fh, seek_s, last_s)
-                    write_header(self.movie, fh, part, header)
-            except Unsupported as exc:
-                logger.debug("slices: %s at %.3f s: %s; reading it whole", self.path, seek_s, exc)
-                yield None
-                return
-            url = input_url(header, self.path, part.span)
-            if url is None:
-                yield None
-                return
-            args = ["-protocol_whitelist", PROTOCOLS]
-            if seek_s > 0:  # the slice keeps the source's timestamps: seek to the same one
-                args += ["-seek_timestamp", "1", "-ss", f"{seek_s + self.start_s:.6f}"]
-            yield [*args, "-i", url]
+    def input_args(self, header: Path, seek_s: float, last_s: float | None) -> list[str] | None:
+        """Write the header of the slice that decoding ``[seek_s, last_s]`` (None: to the end)
+        needs to ``header``; returns the ``-i`` arguments reading it (``-protocol_whitelist``,
+        ``-ss``, ``-i URL``), or None if this slice cannot be made."""
+        try:
+            with open(self.path, "rb") as fh:
+                part = plan_slice(self.movie, fh, seek_s, last_s)
+                write_header(self.movie, fh, part, header)
+        except Unsupported as exc:
+            logger.debug("slices: %s at %.3f s: %s; reading it whole", self.path, seek_s, exc)
+            return None
+        url = input_url(header, self.path, part.span)
+        if url is None:
+            return None
+        args = ["-protocol_whitelist", PROTOCOLS]
+        if seek_s > 0:  # the slice keeps the source's timestamps: seek to the same one
+            args += ["-seek_timestamp", "1", "-ss", f"{seek_s + self.start_s:.6f}"]
+        return [*args, "-i", url]

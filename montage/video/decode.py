@@ -173,14 +173,18 @@ def slice_inputs(
     arena would keep the tables' pages (~2 MiB per thread) where ``malloc_trim`` misses them.
     The headers are removed when the block ends, by any route.
     """
+    from montage.resources import managed_tempfile
+
     with ExitStack() as stack:
         inputs: list[list[str] | None] = []
         for plan in plans:
             if slices is None or not plan.plain_edits:  # slices keep timestamps only then
                 inputs.append(None)
                 continue
+            header = stack.enter_context(managed_tempfile(".mp4", prefix="montage_slice_"))
             last = None if plan.is_last else _input_end(plan)
-            inputs.append(stack.enter_context(slices.input_args(plan.seek, last)))
+            inputs.append(slices.input_args(header, plan.seek, last))
+        del slices  # its tables are in the headers: not held while the ranges decode
         yield inputs
 
 

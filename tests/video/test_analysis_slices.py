@@ -47,9 +47,9 @@ def slice_calls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     calls: list[float] = []
     real = SliceSource.input_args
 
-    def spy(self: SliceSource, seek_s: float, last_s: float | None) -> Any:
+    def spy(self: SliceSource, header: Path, seek_s: float, last_s: float | None) -> Any:
         calls.append(seek_s)
-        return real(self, seek_s, last_s)
+        return real(self, header, seek_s, last_s)
 
     monkeypatch.setattr(SliceSource, "input_args", spy)
     return calls
@@ -114,6 +114,33 @@ def test_non_trivial_edit_lists_read_the_whole_file(
 
 def _headers() -> list[Path]:
     return sorted(montage_temp_root().glob("montage_slice_*"))
+
+
+def test_the_source_tables_are_not_held_while_decoding(
+    scenes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import weakref
+
+    sources: list[weakref.ref[SliceSource]] = []
+    alive: list[bool] = []
+    real_open, real_read = SliceSource.open, decode._read_frames
+
+    def opening(path: Any) -> SliceSource | None:
+        source = real_open(path)
+        assert source is not None
+        sources.append(weakref.ref(source))
+        return source
+
+    def reading(stream: Any) -> Iterator[Any]:
+        gc.collect()
+        alive.append(sources[0]() is not None)
+        return real_read(stream)
+
+    monkeypatch.setattr(SliceSource, "open", staticmethod(opening))
+    monkeypatch.setattr(decode, "_read_frames", reading)
+    analyze_video(scenes, ranges=2)
+    assert alive == [False, False]
 
 
 def test_headers_are_removed_after_success(scenes: Path) -> None:
