@@ -8,10 +8,13 @@ per-window sums, never the video: memory does not grow with the file's length. L
 the memory budget admits; the ranges overlap by one frame so a cut on a
 range boundary is still seen, and their results are merged so they match a single pass.
 
-What still grows with the length is the MP4 sample index, which every demuxer loads whole
-(~40 bytes per video frame or audio packet): the probe's copy is returned to the OS before the
-decoding starts (and the children's budget reservations reuse that probe), each range's child
-holds one, and trivial edit lists let the child skip ffmpeg's rewritten copy (``decode.py``).
+What would grow with the length is the MP4 sample index, which every demuxer loads whole
+(~40 bytes per video frame or audio packet, ~13 MiB per hour of 1080p30 + AAC): the probe's copy
+is returned to the OS before the decoding starts (and the children's budget reservations reuse
+that probe), and an MP4 is cut into ranges of at most ``SLICE_S`` whose children each read a
+header describing only their slice (``montage.ffmpeg.slice_input``), so a child's index is
+bounded by the slice, not the file. Other files, or MP4s the slicer does not handle, give each
+child the whole file (logged at debug level).
 """
 
 from __future__ import annotations
@@ -209,8 +212,8 @@ def _range_count(duration_s: float, chunked: bool, workers: int) -> int:
     """As many ranges as the budget's workers and the length allow.
 
     Measured on 2 cores (benchmarks/results/analysis.md): 2 single-threaded ranges take 0.6x
-    the wall and 0.9x the CPU of one frame-threaded child, though each range is one more
-    demuxer holding the whole MP4 sample index (~13 MiB per hour of 1080p30 + AAC).
+    the wall and 0.9x the CPU of one frame-threaded child. (An MP4 is cut further, into
+    ``SLICE_S`` ranges, when its children read slice headers: ``analyze_video``.)
     """
     if not chunked or duration_s < 2 * MIN_RANGE_S:
         return 1

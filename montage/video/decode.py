@@ -9,10 +9,11 @@ needed to see a cut on the boundary) and its audio is kept from the 50 ms block 
 after its start to the one at or after its end, so parallel ranges tile the file exactly as one
 pass does: every frame is counted once and every audio block lands on the same grid.
 
-Memory that grows with the file: the child's demuxer holds the whole MP4 sample index. When no
+Memory that would grow with the file: a demuxer holds the whole MP4 sample index. When no
 edit list drops a sample, ``-advanced_editlist 0`` gives the same frames and samples without
-libavformat's rewritten second copy of it; the budget reservation reuses the caller's probe
-rather than probing (loading the index) again in this thread.
+libavformat's rewritten second copy of it, and ``slice_inputs`` lets each child read a header
+describing only its range's samples (same timestamps, same seek: ``montage.ffmpeg.mp4slice``);
+the budget reservation reuses the caller's probe rather than probing again in this thread.
 """
 
 from __future__ import annotations
