@@ -61,9 +61,10 @@ def plan_slice(movie: Movie, fh: Any, first_s: float, last_s: float | None) -> S
         a_from = float(video.seconds([v_start])[0]) - LEAD_S
         a_start = 0 if v_start == 0 else max(0, track.first_after(a_from) - 1)
         a_end = track.sample_count if last_s is None else track.first_after(last_s + TAIL_S)
-        if a_end > a_start:
-            audio = (a_start, a_end)
-            ranges.append((track, a_start, a_end))
+        if a_end <= a_start:  # the child maps 0:a:0: a slice must keep the track
+            raise Unsupported("no audio samples in the slice (the audio track ends earlier)")
+        audio = (a_start, a_end)
+        ranges.append((track, a_start, a_end))
     lows, highs = [], []
     for track, a, b in ranges:
         offsets, sizes = track.offsets(fh, a, b)

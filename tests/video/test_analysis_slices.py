@@ -112,6 +112,20 @@ def test_non_trivial_edit_lists_read_the_whole_file(
     assert slice_calls == []
 
 
+def test_a_range_past_the_end_of_a_short_audio_track_reads_the_whole_file(
+    tmp_path: Path, ffmpeg_exe: str, slice_calls: list[float]
+) -> None:
+    short = tmp_path / "short-audio.mp4"
+    subprocess.run([ffmpeg_exe, "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=25:duration=12", "-f", "lavfi", "-i",
+                    "sine=duration=3", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
+                    "-c:a", "aac", str(short)], check=True)  # fmt: skip
+    sliced = analyze_video(short, ranges=3)
+    assert len(slice_calls) == 3  # the last two ranges fall back to the whole file
+    whole = analyze_video(short, ranges=3, slice_ranges=False)
+    assert _without_processing(sliced) == _without_processing(whole)
+
+
 def _headers() -> list[Path]:
     return sorted(montage_temp_root().glob("montage_slice_*"))
 
