@@ -278,10 +278,13 @@ def _index_cost(clip: Path, long_clip: Path, ffmpeg: str) -> None:
         print(f"| {name} | {peaks[0]:.0f} | {peaks[1]:.0f} | {peaks[1] - peaks[0]:+.0f} |")
     print(
         "\nanalyze_video's tree holds the Python parent, whose probes' pages are returned "
-        "(malloc_trim) before the decoding starts, and one ffmpeg child per range (2 on 2 "
-        "cores), each with its own copy of the index. The child skips ffmpeg's edit-list "
-        "rewrite of the index (`-advanced_editlist 0`) when the edit lists drop no sample "
-        "(`montage/ffmpeg/mp4boxes.py`: `trivial_edit_lists`)."
+        "(malloc_trim) before the decoding starts, and one ffmpeg child per range (2 at a time "
+        "on 2 cores). An MP4 is cut into ranges of at most 5 minutes and each child opens a "
+        "header describing only its range's samples (`montage/ffmpeg/mp4slice.py`, read as "
+        "`concat:HEADER|subfile,,start,S,end,E,,:SOURCE`), so a child's index is bounded by "
+        "the range: the rows above (whole-file opens) are what it no longer pays. The child "
+        "skips ffmpeg's edit-list rewrite of the index (`-advanced_editlist 0`) when the edit "
+        "lists drop no sample (`montage/ffmpeg/mp4boxes.py`: `trivial_edit_lists`)."
     )
 
 

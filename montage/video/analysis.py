@@ -8,10 +8,13 @@ per-window sums, never the video: memory does not grow with the file's length. L
 the memory budget admits; the ranges overlap by one frame so a cut on a
 range boundary is still seen, and their results are merged so they match a single pass.
 
-What still grows with the length is the MP4 sample index, which every demuxer loads whole
-(~40 bytes per video frame or audio packet): the probe's copy is returned to the OS before the
-decoding starts (and the children's budget reservations reuse that probe), each range's child
-holds one, and trivial edit lists let the child skip ffmpeg's rewritten copy (``decode.py``).
+What would grow with the length is the MP4 sample index, which every demuxer loads whole
+(~40 bytes per video frame or audio packet, ~13 MiB per hour of 1080p30 + AAC): the probe's copy
+is returned to the OS before the decoding starts (and the children's budget reservations reuse
+that probe), and an MP4 is cut into ranges of at most ``SLICE_S`` whose children each read a
+header describing only their slice (``montage.ffmpeg.slice_input``), so a child's index is
+bounded by the slice, not the file. Other files, or MP4s the slicer does not handle, give each
+child the whole file (logged at debug level).
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from montage.resources import release_freed_memory
-from montage.video.decode import AUDIO_RATE, RangePlan, decode_range, frame_rate, plan_ranges
+from montage.video.decode import (
+    AUDIO_RATE,
+    RangePlan,
+    decode_range,
+    frame_rate,
+    plan_ranges,
+    slice_inputs,
+)
 from montage.video.inputs import check_unchanged, fingerprint
 from montage.video.signals import (
     HighlightCandidate,
@@ -41,10 +51,13 @@ from montage.video.signals import (
 
 if TYPE_CHECKING:
     from montage.ffmpeg.probe import MediaInfo
+    from montage.ffmpeg.slice_input import SliceSource
 
 ProgressCallback = Callable[[float, str], None]
 
 MIN_RANGE_S = 20.0
+SLICE_S = 300.0
+"""Longest range read through a slice header: a child's sample index is bounded by it."""
 
 
 @dataclass
@@ -103,11 +116,14 @@ def analyze_video(
     ranges: int | None = None,
     highlight_length_s: float = 5.0,
     scene_threshold: float = 30.0,
+    slice_ranges: bool = True,
 ) -> AnalysisResult:
     """Analyse a video in one streaming pass; see the module docstring for how memory stays flat.
 
     ``ranges`` forces the number of parallel time ranges (default: from the adaptive config).
     ``fast=True`` decodes keyframes only: scene changes and motion at keyframe resolution.
+    ``slice_ranges=False`` gives every child the whole file (``SliceSource``: the default cuts
+    an MP4 into ranges of at most ``SLICE_S`` whose children each load only their slice's index).
     """
     from montage.adaptive import get_safe_processing_config
     from montage.ffmpeg.probe import keyframe_times, probe
@@ -121,28 +137,32 @@ def analyze_video(
     config = get_safe_processing_config(path, memory_limit_mb=memory_limit_mb, operation="analyze")
     n_ranges = ranges or _range_count(info.duration_s, config.use_chunking, config.max_workers)
     keyframes = keyframe_times(path) if fast else None
+    slices = _slice_source(info) if slice_ranges else None
+    if slices is not None and ranges is None:
+        n_ranges = max(n_ranges, math.ceil(info.duration_s / SLICE_S - 1e-9))
     spans = plan_ranges(info, n_ranges, keyframes)  # reads the moov box (edit lists)
-    release_freed_memory()  # the probes read the whole sample index: give those pages back
-    tracker = _Progress(progress, _expected_frames(info, keyframes))
-
     before = fingerprint(path)
-    with memory_guard(memory_limit_mb) as guard:
-        digest: list[str] = []
-        hasher = threading.Thread(target=lambda: digest.append(_sha256(path)), daemon=True)
-        hasher.start()
+    with slice_inputs(slices, spans) as inputs:
+        del slices  # its tables are written into the headers: free them before decoding
+        release_freed_memory()  # the probes read the whole sample index: give those pages back
+        tracker = _Progress(progress, _expected_frames(info, keyframes))
         workers = max(1, min(config.max_workers, len(spans)))
         threads = _decoder_threads(workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="montage-analyze") as pool:
-            parts = list(
-                pool.map(
-                    lambda plan: _analyze_range(
-                        info, plan, window_s, scene_threshold, threads, tracker
-                    ),
-                    spans,
+        with memory_guard(memory_limit_mb) as guard:
+            digest: list[str] = []
+            hasher = threading.Thread(target=lambda: digest.append(_sha256(path)), daemon=True)
+            hasher.start()
+            with ThreadPoolExecutor(workers, thread_name_prefix="montage-analyze") as pool:
+                parts = list(
+                    pool.map(
+                        lambda job: _analyze_range(
+                            info, job[0], window_s, scene_threshold, threads, tracker, job[1]
+                        ),
+                        zip(spans, inputs),
+                    )
                 )
-            )
-        hasher.join()
-        peak_mb = max(guard.peak_memory_mb, *(p.peak_memory_mb for p in parts))
+            hasher.join()
+            peak_mb = max(guard.peak_memory_mb, *(p.peak_memory_mb for p in parts))
     _check_complete(info, before, sum(p.frames for p in parts), tracker.total if not fast else 0)
     return _merge(
         info,
@@ -161,6 +181,16 @@ def analyze_video(
             "ffmpeg_profile": str(getattr(config.ffmpeg_profile, "value", config.ffmpeg_profile)),
         },
     )
+
+
+def _slice_source(info: MediaInfo) -> SliceSource | None:
+    """The file as slices for the children, if it is an MP4/MOV the slicer handles."""
+    from montage.ffmpeg.mp4boxes import trivial_edit_lists
+    from montage.ffmpeg.slice_input import SliceSource
+
+    if "mp4" not in info.container.split(",") or not trivial_edit_lists(Path(info.path)):
+        return None  # the slices keep timestamps under -advanced_editlist 0 only
+    return SliceSource.open(info.path)
 
 
 def _check_complete(info: MediaInfo, before: tuple[int, int], frames: int, expected: int) -> None:
@@ -182,8 +212,8 @@ def _range_count(duration_s: float, chunked: bool, workers: int) -> int:
     """As many ranges as the budget's workers and the length allow.
 
     Measured on 2 cores (benchmarks/results/analysis.md): 2 single-threaded ranges take 0.6x
-    the wall and 0.9x the CPU of one frame-threaded child, though each range is one more
-    demuxer holding the whole MP4 sample index (~13 MiB per hour of 1080p30 + AAC).
+    the wall and 0.9x the CPU of one frame-threaded child. (An MP4 is cut further, into
+    ``SLICE_S`` ranges, when its children read slice headers: ``analyze_video``.)
     """
     if not chunked or duration_s < 2 * MIN_RANGE_S:
         return 1
@@ -227,6 +257,7 @@ def _analyze_range(
     scene_threshold: float,
     threads: int,
     tracker: _Progress,
+    input_args: list[str] | None = None,
 ) -> _RangeResult:
     """Cuts and motion from the frames, RMS and silence from the audio, for one range."""
     result = _RangeResult(motion=WindowAccumulator(window_s), audio=WindowAccumulator(window_s))
@@ -257,7 +288,7 @@ def _analyze_range(
 
     result.peak_memory_mb = decode_range(
         info, plan, threads=threads, on_frame=on_frame,
-        on_audio=on_audio if info.has_audio else None,
+        on_audio=on_audio if info.has_audio else None, input_args=input_args,
     )  # fmt: skip
     tracker.add(pending[0])
     result.cuts = list(detector.cuts)

@@ -9,10 +9,11 @@ needed to see a cut on the boundary) and its audio is kept from the 50 ms block 
 after its start to the one at or after its end, so parallel ranges tile the file exactly as one
 pass does: every frame is counted once and every audio block lands on the same grid.
 
-Memory that grows with the file: the child's demuxer holds the whole MP4 sample index. When no
+Memory that would grow with the file: a demuxer holds the whole MP4 sample index. When no
 edit list drops a sample, ``-advanced_editlist 0`` gives the same frames and samples without
-libavformat's rewritten second copy of it; the budget reservation reuses the caller's probe
-rather than probing (loading the index) again in this thread.
+libavformat's rewritten second copy of it, and ``slice_inputs`` lets each child read a header
+describing only its range's samples (same timestamps, same seek: ``montage.ffmpeg.mp4slice``);
+the budget reservation reuses the caller's probe rather than probing again in this thread.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from montage.ffmpeg.probe import MediaInfo
+    from montage.ffmpeg.slice_input import SliceSource
 
 FRAME_W, FRAME_H = 64, 36
 AUDIO_RATE = 16000
@@ -96,12 +99,17 @@ def decode_range(
     threads: int,
     on_frame: FrameSink,
     on_audio: AudioSink | None,
+    input_args: list[str] | None = None,
 ) -> float:
-    """Decode one range through ``memory_safe_ffmpeg``; returns the child's peak memory (MiB)."""
+    """Decode one range through ``memory_safe_ffmpeg``; returns the child's peak memory (MiB).
+
+    ``input_args`` (from ``slice_inputs``) make the child read a header describing only this
+    range's samples, so its index is bounded by the range, not the file; None: the whole file.
+    """
     from montage.ffmpeg.process import memory_safe_ffmpeg
 
     read_fd, write_fd = os.pipe() if on_audio is not None else (-1, -1)
-    cmd = _command(info, plan, threads, write_fd if on_audio is not None else None)
+    cmd = _command(info, plan, threads, write_fd if on_audio is not None else None, input_args)
     try:
         with memory_safe_ffmpeg(
             cmd, video_path=info.path, name="analyze", stdout=subprocess.PIPE,
@@ -127,6 +135,9 @@ def decode_range(
                 while proc.stdout.read(1 << 16):  # frames past the plan: never block ffmpeg
                     pass
                 proc.wait()
+            except BaseException:  # the audio reader waits for ffmpeg, which waits for us
+                proc.request_stop(kill=True)
+                raise
             finally:
                 if reader is not None:
                     reader.join()
@@ -153,7 +164,43 @@ def _reserve_mb(info: MediaInfo, cmd: list[str]) -> float | None:
         return None  # memory_safe_ffmpeg falls back to its own prediction
 
 
-def _command(info: MediaInfo, plan: RangePlan, threads: int, audio_fd: int | None) -> list[str]:
+@contextmanager
+def slice_inputs(
+    slices: SliceSource | None, plans: list[RangePlan]
+) -> Iterator[list[list[str] | None]]:
+    """Each plan's ``input_args`` for ``decode_range``: a slice header, or None (whole file).
+
+    Written here, in the caller's thread, before the ranges start: a range thread's malloc
+    arena would keep the tables' pages (~2 MiB per thread) where ``malloc_trim`` misses them.
+    The headers are removed when the block ends, by any route.
+    """
+    from montage.resources import managed_tempfile
+
+    with ExitStack() as stack:
+        inputs: list[list[str] | None] = []
+        for plan in plans:
+            if slices is None or not plan.plain_edits:  # slices keep timestamps only then
+                inputs.append(None)
+                continue
+            header = stack.enter_context(managed_tempfile(".mp4", prefix="montage_slice_"))
+            last = None if plan.is_last else _input_end(plan)
+            inputs.append(slices.input_args(header, plan.seek, last))
+        del slices  # its tables are in the headers: not held while the ranges decode
+        yield inputs
+
+
+def _input_end(plan: RangePlan) -> float:
+    """Where a range's input (``-t``) ends: audio runs on to the block boundary after the end."""
+    return _aligned(plan.end) + AUDIO_BLOCK_S
+
+
+def _command(
+    info: MediaInfo,
+    plan: RangePlan,
+    threads: int,
+    audio_fd: int | None,
+    input_args: list[str] | None = None,
+) -> list[str]:
     from montage.ffmpeg.binary import ffmpeg_path
 
     cmd = [ffmpeg_path(), "-nostdin", "-hide_banner", "-loglevel", "error"]
@@ -163,11 +210,15 @@ def _command(info: MediaInfo, plan: RangePlan, threads: int, audio_fd: int | Non
         cmd += ["-threads", str(threads)]
     if plan.plain_edits:  # same frames, without a second copy of the index (mov_fix_index)
         cmd += ["-advanced_editlist", "0"]
-    if plan.seek > 0:
-        cmd += ["-ss", f"{plan.seek:.6f}"]
-    if not plan.is_last:  # audio runs on to the block boundary after the end
-        cmd += ["-t", f"{_aligned(plan.end) - plan.seek + AUDIO_BLOCK_S:.6f}"]
-    cmd += ["-i", f"file:{info.path}", "-filter_threads", "1" if threads == 1 else "0"]
+    if not plan.is_last:
+        cmd += ["-t", f"{_input_end(plan) - plan.seek:.6f}"]
+    if input_args is not None:  # a slice of the file (slice_input): its own -ss and -i
+        cmd += input_args
+    else:
+        if plan.seek > 0:
+            cmd += ["-ss", f"{plan.seek:.6f}"]
+        cmd += ["-i", f"file:{info.path}"]
+    cmd += ["-filter_threads", "1" if threads == 1 else "0"]
     cmd += ["-map", "0:v:0", "-vf", SCALER]
     if plan.keyframes is not None:
         cmd += ["-fps_mode", "passthrough"]
