@@ -193,3 +193,32 @@ def test_a_path_that_cannot_go_in_a_concat_url_is_read_whole(
     assert SliceSource.open(odd) is None
     assert input_url(Path("rel.mp4"), clip, (0, 1)) is None
     assert SliceSource.open(clip) is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_damaged_tables_are_refused_never_a_crash(
+    data: st.DataObject, make_clip: object, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A damaged or hostile moov (any bytes overwritten) gives ``Unsupported`` (the caller then
+    reads the file whole, and ffmpeg and the probe judge it) or a slice plan; never another
+    exception, and never a table allocated from an absurd declared count."""
+    clip: Path = make_clip(duration=4.0, rate=25, gop=25)  # type: ignore[operator]
+    raw = bytearray(clip.read_bytes())
+    moov = raw.find(b"moov") - 4
+    assert moov > 0
+    moov_end = moov + int.from_bytes(raw[moov : moov + 4], "big")
+    for _ in range(data.draw(st.integers(1, 8))):
+        raw[data.draw(st.integers(moov, moov_end - 1))] = data.draw(st.integers(0, 255))
+    damaged = tmp_path_factory.mktemp("damaged") / "damaged.mp4"
+    damaged.write_bytes(bytes(raw))
+    try:
+        movie = read_movie(damaged)
+    except Unsupported:
+        return
+    with open(damaged, "rb") as fh:
+        try:
+            part = plan_slice(movie, fh, 1.0, 2.0)
+        except Unsupported:
+            return
+        write_header(movie, fh, part, damaged.with_suffix(".head"))
