@@ -7,10 +7,11 @@
  * the pid cursor moved, the members' task directories and children files), computes the same
  * numbers as UsageReader.sample and ProcessTreeReader.read_totals, checks them against the
  * steady band Python configured, and appends a raw sample to a ring. Python is woken (a byte on
- * a pipe) only when it has something to do: a sample outside the band, a tree that may have
- * changed, a read or parse that is not the plain kernel layout, listeners that want every
- * tick, or no configuration yet. Tracked children's memory moving (ffmpeg's, nearly every
- * tick of a job) does not wake it: each tracked process Python hands over as a group of tree
+ * a pipe) only when it has something to do: a sample outside the band, a tree RSS above the
+ * active memory_guards' ceiling, a tree that may have changed, a read or parse that is not the
+ * plain kernel layout, listeners that want every tick, or no configuration yet. Tracked
+ * children's memory moving (ffmpeg's, nearly every tick of a job) does not wake it: each
+ * tracked process Python hands over as a group of tree
  * members gets its subtree RSS, and the largest since Python last looked, kept here
  * (take_tracked); Python folds them into its records when they are read or at its next tick.
  * Only a tracked process the C side cannot follow (not a proven member) still wakes Python
@@ -53,6 +54,7 @@
 #define R_READ 32      /* a read or parse the C code does not handle */
 #define R_KICK 64      /* Python asked for one tick */
 #define R_CURSOR_MISSED 128 /* the tree changed although the pid cursor stood still */
+#define R_GUARD 256    /* the tree's RSS went above the ceiling of the active memory_guards */
 
 typedef struct {
     double t;
@@ -94,6 +96,8 @@ typedef struct {
     Py_ssize_t key_len;
     Kept cursor;      /* cursor text of the last proven tree, len -1 if unknown */
     long long host_total, ceiling, budget; /* budget < 0: none */
+    long long tree_ceiling; /* < 0: no memory_guard; else wake Python when the tree exceeds it
+                               or the ring is full */
     double low_pct, high_pct, floor_mb, psi_limit;
     double last_check;
     int wake_every, wake_on_member;
@@ -435,6 +439,7 @@ static int measure(SamplerObject *s, Config *c, Sample *out) {
     if (!(c->low_pct <= percent && percent < c->high_pct &&
           (double)available / MIB >= c->floor_mb && (c->psi_fd < 0 || psi_full < c->psi_limit)))
         return R_BAND;
+    if (c->tree_ceiling >= 0 && tree > c->tree_ceiling) return R_GUARD;
     if (member_moved && c->wake_on_member) return R_MEMBER;
     out->t = now;
     out->used = used;
@@ -488,8 +493,11 @@ static void tick(SamplerObject *s) {
         s->count++;
     }
     s->ring[at] = sample;
+    /* memory_guards fold every sample into their peaks: Python drains before one is dropped */
+    int full = s->count == s->cap && c->tree_ceiling >= 0;
     pthread_mutex_unlock(&s->ring_mu);
     pthread_mutex_unlock(&s->tick_mu);
+    if (full) wake_python(s, R_GUARD);
 }
 
 static void *run(void *arg) {
@@ -648,11 +656,13 @@ static void lock_tick(SamplerObject *s) {
 PyDoc_STRVAR(configure_doc,
 "configure(meminfo_fd, current_fd, stat_fd, inactive_key, swap_fd, psi_fd, cursor_fd, cursor,\n"
 "          host_total, ceiling, budget, low_pct, high_pct, floor_mb, psi_limit, last_check,\n"
-"          wake_every, wake_on_member, members, groups=())\n"
+"          wake_every, wake_on_member, members, groups=(), tree_ceiling=-1)\n"
 "Arm the thread with copies (dup) of Python's fds. -1: no such file; budget -1: none;\n"
 "cursor None: unknown. members: root first, each (statm_fd, statm_text, rss, task_fd,\n"
 "threads, task_dir, tids, listed_at, [(children_fd, text), ...] or None). groups: the\n"
-"tracked processes followed in C, each a sequence of member indices (its subtree).");
+"tracked processes followed in C, each a sequence of member indices (its subtree).\n"
+"tree_ceiling: memory_guards are active: wake Python (R_GUARD) when the tree's RSS exceeds\n"
+"it or the ring is full; -1: none.");
 
 static PyObject *Sampler_configure(SamplerObject *s, PyObject *args) {
     long meminfo_fd, current_fd, stat_fd, swap_fd, psi_fd, cursor_fd;
@@ -661,12 +671,13 @@ static PyObject *Sampler_configure(SamplerObject *s, PyObject *args) {
     PyObject *cursor, *members, *groups = NULL;
     long long host_total, ceiling, budget;
     double low, high, floor_mb, psi_limit, last_check;
+    long long tree_ceiling = -1;
     int wake_every, wake_on_member;
     if (check_alive(s)) return NULL;
-    if (!PyArg_ParseTuple(args, "llly#lllOLLLdddddppO|O", &meminfo_fd, &current_fd, &stat_fd,
+    if (!PyArg_ParseTuple(args, "llly#lllOLLLdddddppO|OL", &meminfo_fd, &current_fd, &stat_fd,
                           &key, &key_len, &swap_fd, &psi_fd, &cursor_fd, &cursor, &host_total,
                           &ceiling, &budget, &low, &high, &floor_mb, &psi_limit, &last_check,
-                          &wake_every, &wake_on_member, &members, &groups))
+                          &wake_every, &wake_on_member, &members, &groups, &tree_ceiling))
         return NULL;
     if ((size_t)key_len >= sizeof(((Config *)0)->key)) {
         PyErr_SetString(PyExc_ValueError, "inactive_key too long");
@@ -680,6 +691,7 @@ static PyObject *Sampler_configure(SamplerObject *s, PyObject *args) {
     c->host_total = host_total;
     c->ceiling = ceiling;
     c->budget = budget;
+    c->tree_ceiling = tree_ceiling;
     c->low_pct = low;
     c->high_pct = high;
     c->floor_mb = floor_mb;
@@ -1002,7 +1014,8 @@ PyMODINIT_FUNC PyInit__native_sampler(void) {
         PyModule_AddIntConstant(m, "R_MEMBER", R_MEMBER) ||
         PyModule_AddIntConstant(m, "R_EVERY", R_EVERY) || PyModule_AddIntConstant(m, "R_READ", R_READ) ||
         PyModule_AddIntConstant(m, "R_KICK", R_KICK) ||
-        PyModule_AddIntConstant(m, "R_CURSOR_MISSED", R_CURSOR_MISSED)) {
+        PyModule_AddIntConstant(m, "R_CURSOR_MISSED", R_CURSOR_MISSED) ||
+        PyModule_AddIntConstant(m, "R_GUARD", R_GUARD)) {
         Py_DECREF(&SamplerType);
         Py_DECREF(m);
         return NULL;

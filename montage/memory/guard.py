@@ -51,12 +51,18 @@ class MemoryGuard:
         self.monitor = monitor
         self.limit_mb = limit_mb
         self.on_exceed = on_exceed
-        self.peak_memory_mb = 0.0
+        self._peak_mb = 0.0
         self.exceeded = False
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.monitor, name)
+
+    @property
+    def peak_memory_mb(self) -> float:
+        """The block's peak tree memory so far, in MiB (the native sampler's ring included)."""
+        self.monitor._fold_ring()
+        return self._peak_mb
 
     def sample(self) -> float:
         """Read our tree's RSS now and fold it into the peak; returns MiB."""
@@ -66,11 +72,20 @@ class MemoryGuard:
 
     def observe(self, tree_mb: float, stats: MemoryStats | None = None) -> None:
         """Record a tree figure; the first one above the limit reports the breach once."""
+        if self._record(tree_mb):
+            self._report(tree_mb, stats)
+
+    def _record(self, tree_mb: float) -> bool:
+        """Fold a tree figure into the peak; True for the first one above the limit, which the
+        caller then reports (``_report``, outside the monitor's lock)."""
         with self._lock:
-            self.peak_memory_mb = max(self.peak_memory_mb, tree_mb)
+            self._peak_mb = max(self._peak_mb, tree_mb)
             crossed = self.limit_mb is not None and tree_mb > self.limit_mb and not self.exceeded
             self.exceeded = self.exceeded or crossed
-        if crossed and self.on_exceed != "ignore":
+        return crossed
+
+    def _report(self, tree_mb: float, stats: MemoryStats | None) -> None:
+        if self.on_exceed != "ignore":
             logger.warning(
                 "memory_guard: process tree at %.1f MiB exceeds the block's limit of %.1f MiB",
                 tree_mb,
@@ -79,9 +94,6 @@ class MemoryGuard:
             self.monitor._fire_callbacks(
                 MemoryPressureLevel.CRITICAL, stats or self.monitor.get_current_stats()
             )
-
-    def _on_stats(self, stats: MemoryStats) -> None:
-        self.observe(stats.tree_memory_mb, stats)
 
 
 def _narrowest(*values_mb: float | None) -> float | None:
@@ -109,7 +121,7 @@ def memory_guard(
     monitor = get_memory_monitor()
     guard = MemoryGuard(monitor, _narrowest(monitor.budget_mb(), max_memory_mb), on_exceed)
     token = _GUARD_BUDGET_MB.set(_narrowest(_GUARD_BUDGET_MB.get(), max_memory_mb))
-    monitor.add_sample_listener(guard._on_stats)
+    monitor.add_peak_watcher(guard)
     # Without the global sampler, a private one follows the block's peak between entry and exit.
     private = None if monitor.running else _Ticker(guard.sample, monitor._interval, "montage-guard")
     try:
@@ -119,7 +131,7 @@ def memory_guard(
     finally:
         if private is not None:
             private.stop()
-        monitor.remove_sample_listener(guard._on_stats)
+        monitor.remove_peak_watcher(guard)
         _GUARD_BUDGET_MB.reset(token)
     if guard.exceeded and on_exceed == "raise":
         raise MemoryLimitExceeded(

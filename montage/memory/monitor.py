@@ -35,7 +35,7 @@ from montage.memory.guard import _narrowest as _narrowest
 from montage.memory.limits import MemoryLimit, find_memory_limit
 from montage.memory.native import NativeHandle, NativeTicker
 from montage.memory.pressure import MemoryPressureLevel, PressureThresholds
-from montage.memory.sampling import LEVEL, RawSample, _Sampler
+from montage.memory.sampling import LEVEL, TREE, RawSample, _Sampler
 from montage.memory.sampling import _SteadyBand as _SteadyBand
 from montage.memory.sampling import _Ticker as _Ticker
 from montage.memory.tracking import ProcessTracker
@@ -45,6 +45,7 @@ from montage.memory.tracking import _Tracked as _Tracked
 logger = logging.getLogger("montage.memory")
 
 MIB = 1024 * 1024
+_NO_CEILING = 2**63 - 1  # guards without a limit: the C side only wakes Python on a full ring
 LevelCallback = Callable[[MemoryPressureLevel, MemoryPressureLevel, "MemoryStats"], None]
 TickListener = Callable[["MemoryStats"], None]
 
@@ -142,6 +143,9 @@ class MemoryMonitor:
         self._pending: deque[RawSample | MemoryStats] = deque(maxlen=max(1, history_size))
         self._callbacks: list[LevelCallback] = []
         self._listeners: list[TickListener] = []
+        # Active memory_guard blocks (any thread): every sample's tree RSS is folded into their
+        # peaks, C ring entries included (``_drain_native``), without waking Python per tick.
+        self._watchers: list[MemoryGuard] = []
         self._tracker = ProcessTracker(self._root, self._lock)
         self._tracked = self._tracker.records  # the same dict: the sampler's cheap "any?" test
         self._ticker: _Ticker | NativeTicker | None = None
@@ -233,6 +237,7 @@ class MemoryMonitor:
                     self._drain_native(native)
                     self._fold_native(native)
                 raw = sampler.sample(previous, self._thresholds, pid)
+                crossed = self._watch(raw[TREE]) if self._watchers else None
                 tracker = self._tracker
                 if tracker.records and (  # skipped while no walked answer has changed
                     tracker.synced_reader is not sampler.tree
@@ -246,7 +251,7 @@ class MemoryMonitor:
                 if native is not None:
                     native.resume()
             changed = level is not previous
-            if not (changed or want_stats or self._listeners):
+            if not (changed or want_stats or self._listeners or crossed):
                 self._pending.append(raw)
                 return None
             stats = _stats(raw, _wall_offset())
@@ -258,16 +263,27 @@ class MemoryMonitor:
         if callbacks:
             for callback in callbacks:
                 self._call_safely(callback, previous, level, stats)
+        if crossed:
+            for guard in crossed:
+                self._call_safely(guard._report, raw[TREE] / MIB, stats)
         if listeners:
             for listener in listeners:
                 self._call_safely(listener, stats)
         return stats
 
+    def _watch(self, tree_rss: int) -> list[MemoryGuard]:
+        """Fold a tree RSS into every active guard's peak; the guards it takes above their
+        limit for the first time (``_tick`` reports them, outside the lock)."""
+        tree_mb = tree_rss / MIB
+        return [guard for guard in self._watchers if guard._record(tree_mb)]
+
     def _drain_native(self, native: NativeHandle) -> None:
         """Move the C ring's steady samples into the history, as ``RawSample`` tuples.
 
         Every entry was taken inside the band of the current level (a level change re-arms
-        the C side under ``pause()``, after this drain), against ``_native_limit``.
+        the C side under ``pause()``, after this drain), against ``_native_limit``, and at or
+        under the tree ceiling of the active guards (``_arm_native``; a guard added since was
+        added after a drain under ``disarm``): folding them only raises the guards' peaks.
         """
         entries = native.drain()
         if entries:
@@ -275,6 +291,8 @@ class MemoryMonitor:
             assert limit is not None
             for taken, used, available, swap, some, full, own, tree, percent in entries:
                 append((taken, limit, used, available, swap, some, full, own, tree, percent, level))
+            if self._watchers:
+                self._watch(max(entry[7] for entry in entries))
 
     def _fold_native(self, native: NativeHandle) -> None:
         """Take the tracked processes' RSS and peaks the C ticks measured since the last look.
@@ -328,6 +346,10 @@ class MemoryMonitor:
             else:
                 followed.append(record)
                 groups.append(members)
+        # Guards: wake Python above the smallest limit not yet exceeded (int() rounds down, so
+        # a ring entry is never above a limit); with no such limit, only when the ring is full.
+        limits = [g.limit_mb for g in self._watchers if g.limit_mb is not None and not g.exceeded]
+        ceiling = int(min(limits) * MIB) if limits else _NO_CEILING if self._watchers else None
         try:
             _native_mod.arm(
                 native,
@@ -336,6 +358,7 @@ class MemoryMonitor:
                 wake_every=bool(self._listeners),
                 wake_on_member=wake_on_member,
                 groups=groups,
+                tree_ceiling=ceiling,
             )
         except Exception:
             native.disarm()  # its old band may be wrong now: every tick asks Python instead
@@ -391,8 +414,40 @@ class MemoryMonitor:
             if fn in self._callbacks:
                 self._callbacks.remove(fn)
 
+    def add_peak_watcher(self, guard: MemoryGuard) -> None:
+        """Fold every sample's tree RSS into ``guard`` until removed (``memory_guard``); one
+        above its limit reaches Python within a tick, where ``_tick`` reports it."""
+        with self._lock:
+            native = self._native
+            if native is not None:
+                native.disarm()  # no C tick runs past here; the next wakes Python, which arms
+                self._drain_native(native)  # with the guard's limit; earlier samples: not its
+            self._watchers.append(guard)
+
+    def _fold_ring(self) -> None:
+        """Fold the native sampler's ring into the history and the guards' peaks now."""
+        with self._lock:
+            if self._native is not None and self._watchers:
+                self._drain_native(self._native)
+
+    def remove_peak_watcher(self, guard: MemoryGuard) -> None:
+        """Stop folding samples into ``guard``, after the C ring's last ones. The ceiling left
+        armed may be lower than the remaining guards need: that costs one wake-up at most."""
+        with self._lock:
+            native = self._native
+            if native is not None:
+                native.pause()
+            try:
+                if native is not None:
+                    self._drain_native(native)
+                if guard in self._watchers:
+                    self._watchers.remove(guard)
+            finally:
+                if native is not None:
+                    native.resume()
+
     def add_sample_listener(self, fn: TickListener) -> None:
-        """Called with every sample (memory_guard uses it to follow a block's peak)."""
+        """Called with every sample (the native sampler then wakes Python on every tick)."""
         with self._lock:
             self._listeners.append(fn)
             self._disarm_native()  # listeners see every tick: the C side wakes Python for each

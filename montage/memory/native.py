@@ -6,8 +6,9 @@ cost in C (benchmarks/results/monitor.md). With the extension ``_native_sampler`
 install by hatch_build.py, Linux only) a pthread re-reads the files the Python readers opened,
 computes the same numbers, and appends steady samples to a ring; this module's thread sleeps on
 a pipe and runs the ordinary Python tick only when the C side asks: a sample outside the level's
-steady band (``sampling._SteadyBand``), a tree that may have changed, a file it does not parse
-the plain way, listeners wanting every tick, or a configuration to renew. A tracked child's
+steady band (``sampling._SteadyBand``), a tree above an active ``memory_guard``'s limit, a
+tree that may have changed, a file it does not parse the plain way, listeners wanting every
+tick, or a configuration to renew. A tracked child's
 memory moving (ffmpeg's, nearly every tick of a job) is no such reason: the C side keeps each
 tracked subtree's RSS and its peak since Python last looked (``take_tracked``), and the monitor
 folds them into its records when they are read (tracked processes, history) or at its next
@@ -103,6 +104,7 @@ def arm(
     wake_every: bool,
     wake_on_member: bool,
     groups: Sequence[Sequence[int]] = (),
+    tree_ceiling: int | None = None,
 ) -> None:
     """Hand the C side the readers' current files and state, and the band to stay in.
 
@@ -110,7 +112,8 @@ def arm(
     the tree's members (``ProcessTreeReader.subtree_members``); their RSS and peak since the
     last look come back from ``take_tracked()`` instead of waking Python when they move.
     ``wake_on_member``: wake Python whenever a member's RSS moves (a tracked process that no
-    group covers)."""
+    group covers). ``tree_ceiling``: wake Python when the tree's RSS goes above it (the
+    smallest limit of the active ``memory_guard`` blocks not yet exceeded), in bytes."""
     meminfo, current, stat, key, swap, psi, ceiling = sampler.usage.native_args()
     cursor_fd, cursor, last_check, members = sampler.tree.native_args()
     budget = sampler.budget
@@ -135,6 +138,7 @@ def arm(
         wake_on_member,
         members,
         groups,
+        -1 if tree_ceiling is None else tree_ceiling,
     )
 
 

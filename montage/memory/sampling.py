@@ -51,6 +51,9 @@ against, used bytes, the machine's available bytes, swap used bytes, PSI some / 
 our RSS, our tree's RSS, the effective percent and the level (``LEVEL``). ``MemoryMonitor``
 turns it into ``MemoryStats`` (whose ``timestamp`` is wall time)."""
 
+TREE: Final = 8
+"""Index of the tree's RSS in a ``RawSample``."""
+
 LEVEL: Final = 10
 """Index of the level in a ``RawSample``."""
 

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -517,6 +518,134 @@ def test_guard_catches_a_transient_peak_between_entry_and_exit(global_running: b
             monitor.stop()
     assert seen, f"peak {guard.peak_memory_mb:.0f} MiB, entry {entry_mb:.0f} MiB"
     assert guard.peak_memory_mb >= entry_mb + 150
+
+
+@pytest.fixture
+def started() -> Iterator[MemoryMonitor]:
+    """The process-wide monitor, (re)started with the sampler under test; its state restored."""
+    monitor = get_memory_monitor()
+    was_running = monitor.running
+    monitor.stop()
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        monitor.stop()
+        if was_running:
+            monitor.start()
+
+
+# A child that holds the MiB it reads on each stdin line (touched pages), answering "ok".
+HOLDER = """
+import sys
+held = b''
+print('ok', flush=True)
+for line in sys.stdin:
+    held = b''
+    held = b'1' * (int(line) * 1024 * 1024)
+    print('ok', flush=True)
+"""
+
+
+@contextmanager
+def holder() -> Iterator[Callable[[int], None]]:
+    """A child of ours; the yielded function makes it hold that many MiB (0: nothing)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    stdin, stdout = child.stdin, child.stdout
+
+    def hold(mib: int) -> None:
+        stdin.write(f"{mib}\n")
+        stdin.flush()
+        assert stdout.readline() == "ok\n"
+
+    try:
+        assert stdout.readline() == "ok\n"
+        yield hold
+    finally:
+        stdin.close()
+        child.wait(timeout=30)
+
+
+def test_guard_peak_without_a_python_wake_per_tick(started: MemoryMonitor) -> None:
+    """The native sampler's ticks stay in C inside a guard, and the guard's peak is still the
+    largest tree RSS of the samples taken in the block (ring entries included)."""
+    with memory_guard(max_memory_mb=100_000) as guard:
+        handle = started._native
+        time.sleep(0.3)  # the guard's limit reaches the C side with the next (Python) tick
+        before = handle.counters() if handle is not None else None
+        begin = time.time()
+        time.sleep(0.7)
+        held = b"1" * (60 * MIB)  # our own RSS: a steady member, inside the band
+        time.sleep(0.8)
+        del held
+        time.sleep(0.7)
+        end = time.time()
+        peak_mb = guard.peak_memory_mb  # read inside the block, as analyze_video does
+    in_block = [s.tree_memory_mb for s in started.history() if begin <= s.timestamp <= end]
+    assert len(in_block) >= 15
+    assert max(in_block) - min(in_block) >= 50  # the 60 MiB were seen by the ticks
+    assert peak_mb == max(in_block) == guard.peak_memory_mb
+    if before is not None and handle is not None:
+        after = handle.counters()
+        ticks, wakes = after["ticks"] - before["ticks"], after["wakes"] - before["wakes"]
+        assert ticks >= 20
+        assert wakes * 5 <= ticks, (wakes, ticks)  # not one a tick
+
+
+@pytest.mark.parametrize("on_exceed", ["warn", "raise"])
+def test_guard_limit_crossed_by_a_child_fires_once_promptly(
+    started: MemoryMonitor, on_exceed: str
+) -> None:
+    """Its own ticks stay steady in C; a child going above the guard's limit wakes Python
+    within a tick or two, which reports it once; "raise" then raises at the block's end."""
+    changes = recorder(started)
+    raised: MemoryLimitExceeded | None = None
+    try:
+        with holder() as hold:
+            limit_mb = started.get_current_stats().tree_memory_mb + 100
+            try:
+                with memory_guard(limit_mb, on_exceed) as guard:
+                    time.sleep(0.3)  # steady again: the child's start is behind us
+                    assert not guard.exceeded and changes == []
+                    hold(200)
+                    held_at = time.monotonic()
+                    assert wait_for(lambda: changes != [], timeout_s=5)
+                    latency_s = time.monotonic() - held_at
+                    time.sleep(0.5)  # more ticks above the limit: no second report
+            except MemoryLimitExceeded as error:
+                raised = error
+    finally:
+        unrecord(started, changes)
+    assert latency_s < 1.0, latency_s  # a tick or two (0.1 s each), with room for a busy host
+    assert [new for _, new in changes] == [Level.CRITICAL]
+    assert guard.exceeded and guard.peak_memory_mb >= limit_mb + 50
+    assert (raised is not None) == (on_exceed == "raise")
+    if raised is not None:
+        assert raised.peak_mb == guard.peak_memory_mb and raised.limit_mb == limit_mb
+
+
+def test_nested_guards_each_report_their_own_limit(started: MemoryMonitor) -> None:
+    changes = recorder(started)
+    try:
+        with holder() as hold:
+            base_mb = started.get_current_stats().tree_memory_mb
+            with memory_guard(base_mb + 300) as outer:
+                with memory_guard(base_mb + 100) as inner:
+                    time.sleep(0.3)
+                    hold(200)  # above the inner limit only
+                    assert wait_for(lambda: inner.exceeded and changes != [], timeout_s=5)
+                    time.sleep(0.3)
+                assert not outer.exceeded and len(changes) == 1
+                hold(400)  # above the outer one now
+                assert wait_for(lambda: outer.exceeded and len(changes) == 2, timeout_s=5)
+                time.sleep(0.3)
+    finally:
+        unrecord(started, changes)
+    assert [new for _, new in changes] == [Level.CRITICAL, Level.CRITICAL]
+    assert base_mb + 150 <= inner.peak_memory_mb < base_mb + 300 < outer.peak_memory_mb
 
 
 def test_guard_rejects_bad_arguments() -> None:

@@ -191,6 +191,35 @@ def test_ring_overflow_keeps_the_newest_samples(tmp_path: Path) -> None:
     assert handle.drain() == []
 
 
+def test_guard_ceiling_wakes_python_above_it_and_on_a_full_ring(tmp_path: Path) -> None:
+    """The active memory_guards' tree ceiling: a tree above it wakes Python (R_GUARD), one at
+    it does not; and a full ring wakes Python, which drains it before a sample is dropped."""
+    tree = FakeTree(tmp_path, "host")
+    sampler, handle = armed(tree)
+    module = native.extension()
+    assert module is not None
+    tree_rss = (2000 + 3000 + 500) * PAGE
+    band = _SteadyBand(Level.LOW, THRESHOLDS)
+
+    def arm(ceiling: int | None) -> None:
+        native.arm(
+            handle, sampler, band, wake_every=False, wake_on_member=False, tree_ceiling=ceiling
+        )
+
+    arm(tree_rss)
+    assert handle.measure()[0] == 0
+    arm(tree_rss - 1)
+    assert handle.measure() == (module.R_GUARD, None)
+    arm(tree_rss)
+    handle.start()  # capacity 8: the 8th sample wakes Python, which drains
+    try:
+        assert wait_for(lambda: handle.counters()["wakes"] >= 1)
+    finally:
+        handle.stop()
+    assert handle.take_reasons() == module.R_GUARD  # (nothing drains here: it stays full)
+    assert len(handle.drain()) == 8
+
+
 def fake_monitor(tmp_path: Path, **kwargs: float) -> tuple[FakeTree, MemoryMonitor]:
     tree = FakeTree(tmp_path, "host")
     os.symlink(tmp_path / "proc" / str(ROOT_PID), tmp_path / "proc" / str(os.getpid()))
