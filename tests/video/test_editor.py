@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -223,11 +224,22 @@ print(json.dumps({"frames": r.expected_frames, "peak_mb": r.peak_memory_mb}))
 """
 
 
-def _run_sampled(argv: list[str]) -> tuple[str, float, float]:
-    """Run ``argv``; peaks (MiB) of its whole tree and of its largest ffmpeg child, every 20 ms.
+@dataclass
+class _Sampled:
+    """What ``_run_sampled`` saw of a run: its stdout and its tree, every 20 ms."""
 
-    Sampled from outside: ``ru_maxrss`` would count the RSS each child inherits from the
-    Python that forked it, which at this size is larger than the ffmpeg jobs themselves.
+    stdout: str
+    parent_mb: float = 0.0  # the Python process's peak RSS
+    most_children: int = 0  # the most ffmpeg children alive in one sample
+    encode_peaks_mb: dict[int, float] = field(default_factory=dict)  # video piece pid -> VmHWM
+
+
+def _run_sampled(argv: list[str]) -> _Sampled:
+    """Run ``argv`` and watch its tree from outside every 20 ms.
+
+    Each video piece encode's peak is its kernel high-water mark (``VmHWM``), kept until it
+    exits: ``ru_maxrss`` would count the RSS each child inherits from the Python that forked
+    it, and sampled RSS catches a job of a few samples nearer its peak by chance.
     """
     import subprocess
     import threading
@@ -235,7 +247,7 @@ def _run_sampled(argv: list[str]) -> tuple[str, float, float]:
     import psutil
 
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peaks = {"tree": 0.0, "ffmpeg": 0.0}
+    seen = _Sampled("")
     done = threading.Event()
 
     def sample() -> None:
@@ -243,22 +255,18 @@ def _run_sampled(argv: list[str]) -> tuple[str, float, float]:
         while not done.is_set():
             try:
                 kids = root.children(recursive=True)
-                tree = root.memory_info().rss
+                seen.parent_mb = max(seen.parent_mb, root.memory_info().rss / 1048576)
             except psutil.Error:
                 break
-            ffmpeg = 0.0  # the largest single child: a job's exit can overlap the next start
+            seen.most_children = max(seen.most_children, len(kids))
             for kid in kids:
                 try:
-                    rss = kid.memory_info().rss
+                    encode = "-frames:v" in kid.cmdline()
                 except psutil.Error:
                     continue
-                tree += rss
-                # Its kernel high-water mark, not its current RSS: a 12-frame job lives for a
-                # few samples, and 3 jobs would otherwise be caught nearer their peaks less
-                # often than 50 (a CI run measured 55 vs 63 MiB for identical pieces).
-                ffmpeg = max(ffmpeg, rss, peak_rss_bytes(kid.pid))
-            peaks["tree"] = max(peaks["tree"], tree / 1048576)
-            peaks["ffmpeg"] = max(peaks["ffmpeg"], ffmpeg / 1048576)
+                peak = peak_rss_bytes(kid.pid) / 1048576
+                if encode and peak > 0:
+                    seen.encode_peaks_mb[kid.pid] = max(seen.encode_peaks_mb.get(kid.pid, 0), peak)
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -267,28 +275,46 @@ def _run_sampled(argv: list[str]) -> tuple[str, float, float]:
     done.set()
     sampler.join()
     assert child.returncode == 0, stderr[-2000:]
-    return stdout, peaks["tree"], peaks["ffmpeg"]
+    seen.stdout = stdout
+    return seen
 
 
 def test_fifty_segments_peak_like_three(make_clip: MakeClip, tmp_path: Path) -> None:
-    """Each edit runs in a fresh Python sampled from outside; the pieces are equal, only
-    their count differs, so the peak must not grow with it (one ffmpeg at a time)."""
+    """Each edit runs in a fresh Python watched from outside; the pieces are equal, only their
+    count differs, so nothing may grow with it: one ffmpeg at a time, the parent's own memory,
+    and the size of each piece's encode.
+
+    Not the largest encode of each edit against each other: identical 12-frame encodes peak
+    anywhere between ~58 and ~77 MiB in a full run (x264's threads and malloc arenas), so the
+    largest of 50 exceeds the largest of 3 by chance alone (two CI runs: 55 vs 63, 60 vs 70).
+    """
     import json
+    import statistics
     import sys
 
     src = make_clip(duration=26)
-    results = {}
+    runs = {}
     for count in (3, 50):
         out = tmp_path / f"edit{count}.mp4"
         argv = [sys.executable, "-c", _PEAK_SCRIPT, str(src), str(out), str(count)]
-        stdout, tree_mb, ffmpeg_mb = _run_sampled(argv)
-        results[count] = {**json.loads(stdout.strip().splitlines()[-1]), "tree": tree_mb,
-                          "ffmpeg": ffmpeg_mb}  # fmt: skip
-        assert len(grey_frames(out)) == 12 * count == results[count]["frames"]
-    print(f"peaks, 3 vs 50 segments: {results}")
-    assert results[3]["ffmpeg"] > 5
-    assert results[50]["tree"] == pytest.approx(results[3]["tree"], rel=0.15), results
-    assert results[50]["ffmpeg"] == pytest.approx(results[3]["ffmpeg"], rel=0.15), results
+        runs[count] = _run_sampled(argv)
+        report = json.loads(runs[count].stdout.strip().splitlines()[-1])
+        assert len(grey_frames(out)) == 12 * count == report["frames"]
+    summary = {
+        count: (run.parent_mb, run.most_children, sorted(run.encode_peaks_mb.values()))
+        for count, run in runs.items()
+    }
+    print(f"3 vs 50 segments (parent MiB, most children, encode peaks MiB): {summary}")
+    # one job at a time (a job being reaped can still show beside the next one's start)
+    assert runs[3].most_children <= 2 and runs[50].most_children <= 2, summary
+    assert runs[50].parent_mb == pytest.approx(runs[3].parent_mb, rel=0.15), summary
+    # every encode lives a few samples; a loaded machine may let one pass unseen
+    assert len(runs[3].encode_peaks_mb) >= 2 and len(runs[50].encode_peaks_mb) >= 25, summary
+    # a typical encode of the 50 is no larger than the 3's largest: a job's memory does not
+    # grow with the count (an encode seen only early in its life reads low, hence the median)
+    largest_of_3 = max(runs[3].encode_peaks_mb.values())
+    assert largest_of_3 > 5
+    assert statistics.median(runs[50].encode_peaks_mb.values()) <= 1.15 * largest_of_3, summary
 
 
 # --- refusals: clear errors, no output ------------------------------------------------------
