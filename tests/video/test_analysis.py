@@ -10,17 +10,8 @@ import pytest
 
 from montage.errors import InvalidMediaError, NoVideoStreamError
 from montage.video.analysis import analyze_video
-from montage.video.sample import make_sample_video, scene_starts
-
-DURATION_S = 20.0
-FPS = 25
-
-
-@pytest.fixture(scope="module")
-def scenes_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Five different lavfi sources back to back, one of them silent (see montage.video.sample)."""
-    out = tmp_path_factory.mktemp("analysis") / "scenes.mp4"
-    return make_sample_video(out, duration_s=DURATION_S, size="320x240", rate=FPS)
+from montage.video.sample import scene_starts
+from tests.video.conftest import DURATION_S, FPS
 
 
 def test_finds_every_cut_within_one_frame_and_no_other(scenes_clip: Path) -> None:

@@ -15,28 +15,19 @@ import montage.video.decode as decode
 from montage.ffmpeg.slice_input import SliceSource
 from montage.resources import montage_temp_root
 from montage.video.analysis import analyze_video
-from montage.video.sample import make_sample_video
-
-DURATION_S = 20.0
-FPS = 25
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("slices") / "scenes.mp4"
-    return make_sample_video(out, duration_s=DURATION_S, size="320x240", rate=FPS)
+from tests.video.conftest import DURATION_S, FPS
 
 
 @pytest.fixture(scope="module", params=["plain", "bframes", "plain-no-audio", "bframes-no-audio"])
-def variant(request: pytest.FixtureRequest, scenes: Path, ffmpeg_exe: str) -> Path:
+def variant(request: pytest.FixtureRequest, scenes_clip: Path, ffmpeg_exe: str) -> Path:
     name: str = request.param
     if name == "plain":
-        return scenes
+        return scenes_clip
     video = ["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-g", "50"]
     args = video if name.startswith("bframes") else ["-c:v", "copy"]
     args += ["-an"] if name.endswith("no-audio") else ["-c:a", "copy"]
-    out = scenes.with_name(f"{name}.mp4")
-    subprocess.run([ffmpeg_exe, "-v", "error", "-y", "-i", str(scenes), *args, str(out)],
+    out = scenes_clip.with_name(f"{name}.mp4")
+    subprocess.run([ffmpeg_exe, "-v", "error", "-y", "-i", str(scenes_clip), *args, str(out)],
                    check=True)  # fmt: skip
     return out
 
@@ -79,12 +70,12 @@ def test_sliced_ranges_equal_whole_file_ranges_and_one_pass(
 
 
 def test_long_files_are_cut_into_bounded_slices(
-    scenes: Path, slice_calls: list[float], monkeypatch: pytest.MonkeyPatch
+    scenes_clip: Path, slice_calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(analysis, "SLICE_S", 6.0)
-    sliced = analyze_video(scenes)
+    sliced = analyze_video(scenes_clip)
     assert sliced.processing["ranges"] == 4 and len(slice_calls) == 4
-    one = analyze_video(scenes, ranges=1, slice_ranges=False)
+    one = analyze_video(scenes_clip, ranges=1, slice_ranges=False)
     assert sliced.processing["frames_analyzed"] == one.processing["frames_analyzed"]
     for a, b in zip(sliced.scene_changes, one.scene_changes, strict=True):
         assert abs(a - b) <= 1 / FPS + 1e-6
@@ -92,23 +83,23 @@ def test_long_files_are_cut_into_bounded_slices(
 
 
 def test_other_containers_read_the_whole_file(
-    scenes: Path, ffmpeg_exe: str, slice_calls: list[float]
+    scenes_clip: Path, ffmpeg_exe: str, slice_calls: list[float]
 ) -> None:
-    mkv = scenes.with_name("scenes.mkv")
-    subprocess.run([ffmpeg_exe, "-v", "error", "-y", "-i", str(scenes), "-c", "copy", str(mkv)],
-                   check=True)  # fmt: skip
+    mkv = scenes_clip.with_name("scenes.mkv")
+    copy = [ffmpeg_exe, "-v", "error", "-y", "-i", str(scenes_clip), "-c", "copy", str(mkv)]
+    subprocess.run(copy, check=True)
     result = analyze_video(mkv, ranges=2)
     assert slice_calls == []
     assert len(result.scene_changes) == 4
 
 
 def test_non_trivial_edit_lists_read_the_whole_file(
-    scenes: Path, slice_calls: list[float], monkeypatch: pytest.MonkeyPatch
+    scenes_clip: Path, slice_calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import montage.ffmpeg.mp4boxes as mp4boxes
 
     monkeypatch.setattr(mp4boxes, "trivial_edit_lists", lambda path: False)
-    analyze_video(scenes, ranges=2)
+    analyze_video(scenes_clip, ranges=2)
     assert slice_calls == []
 
 
@@ -131,7 +122,7 @@ def _headers() -> list[Path]:
 
 
 def test_the_source_tables_are_not_held_while_decoding(
-    scenes: Path, monkeypatch: pytest.MonkeyPatch
+    scenes_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import gc
     import weakref
@@ -153,18 +144,18 @@ def test_the_source_tables_are_not_held_while_decoding(
 
     monkeypatch.setattr(SliceSource, "open", staticmethod(opening))
     monkeypatch.setattr(decode, "_read_frames", reading)
-    analyze_video(scenes, ranges=2)
+    analyze_video(scenes_clip, ranges=2)
     assert alive == [False, False]
 
 
-def test_headers_are_removed_after_success(scenes: Path) -> None:
-    analyze_video(scenes, ranges=3)
+def test_headers_are_removed_after_success(scenes_clip: Path) -> None:
+    analyze_video(scenes_clip, ranges=3)
     assert _headers() == []
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_headers_are_removed_after_an_error_or_ctrl_c(
-    scenes: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+    scenes_clip: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
 ) -> None:
     seen: list[list[Path]] = []
     real = decode._read_frames
@@ -177,6 +168,6 @@ def test_headers_are_removed_after_an_error_or_ctrl_c(
 
     monkeypatch.setattr(decode, "_read_frames", failing)
     with pytest.raises(error):
-        analyze_video(scenes, ranges=2)
+        analyze_video(scenes_clip, ranges=2)
     assert seen and all(seen), "the children were reading a slice header"
     assert _headers() == []
