@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,3 +133,26 @@ def no_leaked_child_processes() -> object:
             proc.kill()
         if names:
             pytest.fail("child processes left running:\n" + "\n".join(names))
+
+
+def polled_peak_mb(argv: list[str], interval_s: float = 0.005) -> float:
+    """Run ``argv`` to its end; its own peak RSS, the ``VmHWM`` polled every ``interval_s``.
+
+    Not ``wait4``'s ``ru_maxrss``: that also counts the RSS the child inherited when pytest
+    forked it (over 100 MiB late in a full run), which would swamp a small encode's peak.
+    """
+    from montage.ffmpeg.watch import peak_rss_bytes
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    try:
+        while proc.poll() is None:
+            peak = max(peak, peak_rss_bytes(proc.pid))
+            time.sleep(interval_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    assert peak > 0
+    return peak / 1048576.0

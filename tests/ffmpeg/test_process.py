@@ -28,9 +28,9 @@ from montage.ffmpeg.process import (
     parse_progress,
     run_ffmpeg,
 )
-from montage.ffmpeg.watch import peak_rss_bytes
 from montage.memory.budget import get_memory_budget
 from montage.memory.monitor import get_memory_monitor
+from tests.conftest import polled_peak_mb
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -350,17 +350,6 @@ def test_progress_before_first_packet_is_zero() -> None:
     assert progress == FFmpegProgress()
 
 
-def _polled_peak_mb(cmd: list[str]) -> float:
-    """``cmd``'s own peak RSS (``VmHWM``) polled every ms from outside, as a reference."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, peak_rss_bytes(proc.pid))
-        time.sleep(0.001)
-    assert proc.returncode == 0
-    return peak / 1048576
-
-
 def test_a_job_shorter_than_the_sample_interval_reports_its_peak() -> None:
     """A 3-frame 720p encode lives ~30 ms, under one 50 ms watchdog period: the first samples
     come sooner (``FIRST_SAMPLES_S``), so its peak is seen (before: ~5 of ~55 MiB)."""
@@ -370,7 +359,7 @@ def test_a_job_shorter_than_the_sample_interval_reports_its_peak() -> None:
     reported, reference = [], []
     for _ in range(8):  # the best of several: a loaded machine can delay any one thread
         reported.append(run_ffmpeg(["ffmpeg", *args]).peak_memory_mb)
-        reference.append(_polled_peak_mb([ffmpeg_path(), *args]))
+        reference.append(polled_peak_mb([ffmpeg_path(), *args], interval_s=0.001))
     assert max(reference) > 20, reference
     assert max(reported) >= 0.6 * max(reference), (reported, reference)
 

@@ -6,8 +6,6 @@ really lower the prediction, and the prediction must track a real ffmpeg's ``ru_
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +22,7 @@ from montage.ffmpeg.profiles import (
     profile_for_level,
     profile_settings,
 )
-from montage.ffmpeg.watch import peak_rss_bytes
+from tests.conftest import polled_peak_mb
 
 P = FFmpegMemoryProfile
 PROFILES = list(P)
@@ -173,27 +171,6 @@ def test_bytes_per_pixel() -> None:
     assert bytes_per_pixel(None) == 1.5
 
 
-def _peak_rss_mb(argv: list[str]) -> float:
-    """Peak RSS of ffmpeg's own address space: its ``VmHWM``, polled every 5 ms until it exits.
-
-    Not ``wait4``'s ``ru_maxrss``: that also counts the RSS the child inherited when pytest
-    forked it (over 100 MiB late in a full run), which would swamp a small encode's peak.
-    """
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    try:
-        while proc.poll() is None:
-            peak = max(peak, peak_rss_bytes(proc.pid))
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == 0
-    assert peak > 0
-    return peak / 1048576.0
-
-
 @pytest.mark.parametrize("profile", [P.MINIMAL, P.HIGH])
 def test_prediction_within_35_pct_of_real_encode(
     profile: P, make_clip: object, ffmpeg_exe: str, tmp_path: Path
@@ -208,7 +185,7 @@ def test_prediction_within_35_pct_of_real_encode(
         argv += ["-threads", str(knobs.encoder_threads)]
     out = tmp_path / "out.mp4"
     argv += ["-x264-params", f"rc-lookahead={knobs.rc_lookahead}", "-c:a", "aac", str(out)]
-    measured_mb = _peak_rss_mb(argv)
+    measured_mb = polled_peak_mb(argv)
     predicted_mb = predict_peak_mb((640, 360), profile, "encode")
     assert out.stat().st_size > 1000
     assert abs(predicted_mb - measured_mb) <= 0.35 * measured_mb, (predicted_mb, measured_mb)
