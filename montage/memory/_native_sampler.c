@@ -30,19 +30,24 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <math.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BUF_SIZE 16384
 #define SMALL 4096
-#define TASKS_REFRESH_S 1.0
+#define TASKS_REFRESH_S 1.0   /* a member's thread list, when the tree is re-checked */
+#define STILL_RECHECK_S 10.0  /* tree._STILL_RECHECK_S: re-check although the pid cursor stood */
+#define PSI_REFRESH_S 1.0     /* the kernel updates PSI averages every 2 s: the thread re-reads
+                                 them once a second, not every tick */
 #define MIB (1024.0 * 1024.0)
 
 /* Why Python was woken (bits, cumulated until Python reads them). */
@@ -100,6 +105,7 @@ typedef struct {
                                or the ring is full */
     double low_pct, high_pct, floor_mb, psi_limit;
     double last_check;
+    double psi_at, psi_some, psi_full; /* the thread's last PSI read (psi_at < 0: none yet) */
     int wake_every, wake_on_member;
     Member *members;
     Py_ssize_t nmembers;
@@ -112,7 +118,8 @@ typedef struct SamplerObject {
     pthread_mutex_t tick_mu, ring_mu;
     pthread_t thread;
     int running, forked;
-    int stop_r, stop_w, wake_r, wake_w;
+    int stop;         /* futex word: the thread's sleep ends early when it is set */
+    int wake_r, wake_w;
     double interval_s;
     Config *cfg;
     int armed;        /* 0: no (valid) configuration, every tick wakes Python */
@@ -326,7 +333,7 @@ static int same_tids(Member *m) {
 }
 
 /* One steady tick into *out; 0 when the sample is steady, else the reasons to wake Python. */
-static int measure(SamplerObject *s, Config *c, Sample *out) {
+static int measure(SamplerObject *s, Config *c, Sample *out, int fresh) {
     double now = monotonic_now();
     long long mem[4];
     ssize_t n = read_fd(s, c->meminfo_fd);
@@ -354,8 +361,13 @@ static int measure(SamplerObject *s, Config *c, Sample *out) {
     if (available > host_available) available = host_available;
     double psi_some = NAN, psi_full = NAN;
     if (c->psi_fd >= 0) {
-        n = read_fd(s, c->psi_fd);
-        if (n < 0 || parse_psi(s->buf, (size_t)n, &psi_some, &psi_full)) return R_READ;
+        if (fresh || c->psi_at < 0 || now - c->psi_at >= PSI_REFRESH_S) {
+            n = read_fd(s, c->psi_fd);
+            if (n < 0 || parse_psi(s->buf, (size_t)n, &c->psi_some, &c->psi_full)) return R_READ;
+            c->psi_at = now;
+        }
+        psi_some = c->psi_some;
+        psi_full = c->psi_full;
     }
     long long swap_used;
     if (c->swap_fd >= 0) {
@@ -382,7 +394,7 @@ static int measure(SamplerObject *s, Config *c, Sample *out) {
             }
         }
     }
-    int check = !(still && now - c->last_check < TASKS_REFRESH_S);
+    int check = !(still && now - c->last_check < STILL_RECHECK_S);
     long long tree = 0;
     int member_moved = 0;
     for (Py_ssize_t i = 0; i < c->nmembers; i++) {
@@ -468,16 +480,14 @@ static void tick(SamplerObject *s) {
     Sample sample;
     int reasons;
     pthread_mutex_lock(&s->tick_mu);
-    pthread_mutex_lock(&s->ring_mu);
-    int kick = s->kick;
-    s->kick = 0;
-    s->ticks++;
-    pthread_mutex_unlock(&s->ring_mu);
+    /* kick and ticks are atomics: a cold lock costs µs, and this runs ten times a second */
+    int kick = __atomic_exchange_n(&s->kick, 0, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&s->ticks, 1, __ATOMIC_RELAXED);
     Config *c = s->armed ? s->cfg : NULL;
     if (!c) reasons = R_UNCONFIGURED;
     else if (kick) reasons = R_KICK;
     else if (c->wake_every) reasons = R_EVERY;
-    else reasons = measure(s, c, &sample);
+    else reasons = measure(s, c, &sample, 0);
     if (reasons) {
         s->armed = 0; /* Python measures this tick itself and configures again */
         pthread_mutex_unlock(&s->tick_mu);
@@ -500,15 +510,43 @@ static void tick(SamplerObject *s) {
     if (full) wake_python(s, R_GUARD);
 }
 
+static void add_seconds(struct timespec *t, double seconds) {
+    long long ns = (long long)t->tv_nsec + (long long)(seconds * 1e9);
+    t->tv_sec += (time_t)(ns / 1000000000LL);
+    t->tv_nsec = (long)(ns % 1000000000LL);
+}
+
+static int before(const struct timespec *a, const struct timespec *b) {
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* Tick on a fixed grid of absolute CLOCK_MONOTONIC deadlines (10.0 Hz, no drift), sleeping in
+   one futex wait on the stop word: stop() sets the word and wakes it. The wait is the cheapest
+   sleep that can be cut short (poll on a pipe costs fd lookups and a wait-queue entry more per
+   tick). A tick that ran late (tick_mu held by a Python tick) does not cause a burst: missed
+   deadlines are skipped. */
 static void *run(void *arg) {
     SamplerObject *s = arg;
-    struct pollfd p = {.fd = s->stop_r, .events = POLLIN};
-    for (;;) {
-        int timeout = (int)(s->interval_s * 1000.0 + 0.5);
-        int r = poll(&p, 1, timeout < 1 ? 1 : timeout);
-        if (r > 0) break;
-        if (r < 0 && errno != EINTR) break;
-        if (r == 0) tick(s);
+    struct timespec next, now;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+        add_seconds(&next, s->interval_s);
+        long r = syscall(SYS_futex, &s->stop, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, 0, &next,
+                         NULL, FUTEX_BITSET_MATCH_ANY);
+        if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) break;
+        if (r == 0 || errno == EINTR || errno == EAGAIN) { /* spurious, or a signal: same deadline */
+            add_seconds(&next, -s->interval_s);
+            continue;
+        }
+        if (errno != ETIMEDOUT) /* no usable futex (a sandbox?): sleep without the early stop */
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {}
+        tick(s);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (before(&next, &now)) {
+            struct timespec late = next;
+            add_seconds(&late, s->interval_s);
+            if (before(&late, &now)) next = now; /* missed a whole period: start again from now */
+        }
     }
     return NULL;
 }
@@ -697,6 +735,7 @@ static PyObject *Sampler_configure(SamplerObject *s, PyObject *args) {
     c->floor_mb = floor_mb;
     c->psi_limit = psi_limit;
     c->last_check = last_check;
+    c->psi_at = -1.0;
     c->wake_every = wake_every;
     c->wake_on_member = wake_on_member;
     c->cursor.len = -1;
@@ -766,7 +805,7 @@ static PyObject *Sampler_measure(SamplerObject *s, PyObject *Py_UNUSED(ignored))
     int reasons;
     if (check_alive(s)) return NULL;
     lock_tick(s);
-    reasons = s->cfg && s->armed ? measure(s, s->cfg, &x) : R_UNCONFIGURED;
+    reasons = s->cfg && s->armed ? measure(s, s->cfg, &x, 1) : R_UNCONFIGURED;
     pthread_mutex_unlock(&s->tick_mu);
     if (reasons) return Py_BuildValue("(iO)", reasons, Py_None);
     return Py_BuildValue("(iN)", 0, sample_tuple(&x));
@@ -802,9 +841,7 @@ static PyObject *Sampler_take_reasons(SamplerObject *s, PyObject *Py_UNUSED(igno
 }
 
 static PyObject *Sampler_kick(SamplerObject *s, PyObject *Py_UNUSED(ignored)) {
-    pthread_mutex_lock(&s->ring_mu);
-    s->kick = 1;
-    pthread_mutex_unlock(&s->ring_mu);
+    __atomic_store_n(&s->kick, 1, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 
@@ -845,6 +882,7 @@ static PyObject *Sampler_set_interval(SamplerObject *s, PyObject *arg) {
 static PyObject *Sampler_start(SamplerObject *s, PyObject *Py_UNUSED(ignored)) {
     if (check_alive(s)) return NULL;
     if (s->running) Py_RETURN_NONE;
+    __atomic_store_n(&s->stop, 0, __ATOMIC_RELEASE);
     int err = pthread_create(&s->thread, NULL, run, s);
     if (err) {
         errno = err;
@@ -856,9 +894,8 @@ static PyObject *Sampler_start(SamplerObject *s, PyObject *Py_UNUSED(ignored)) {
 
 static void stop_thread(SamplerObject *s) {
     if (!s->running) return;
-    char byte = 's';
-    ssize_t ignored = write(s->stop_w, &byte, 1);
-    (void)ignored;
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &s->stop, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, INT_MAX, NULL, NULL, 0);
     pthread_join(s->thread, NULL);
     s->running = 0;
 }
@@ -877,7 +914,7 @@ static PyObject *Sampler_stop(SamplerObject *s, PyObject *Py_UNUSED(ignored)) {
 
 static PyObject *Sampler_counters(SamplerObject *s, PyObject *Py_UNUSED(ignored)) {
     pthread_mutex_lock(&s->ring_mu);
-    PyObject *r = Py_BuildValue("{sKsKsKsn}", "ticks", s->ticks, "wakes", s->wakes, "dropped",
+    PyObject *r = Py_BuildValue("{sKsKsKsn}", "ticks", __atomic_load_n(&s->ticks, __ATOMIC_RELAXED), "wakes", s->wakes, "dropped",
                                 s->dropped, "capacity", s->cap);
     pthread_mutex_unlock(&s->ring_mu);
     return r;
@@ -902,25 +939,23 @@ static PyObject *Sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     SamplerObject *s = (SamplerObject *)type->tp_alloc(type, 0);
     if (!s) return NULL;
-    s->stop_r = s->stop_w = s->wake_r = s->wake_w = -1;
+    s->wake_r = s->wake_w = -1;
     s->interval_s = interval;
     s->cap = cap;
     s->page = sysconf(_SC_PAGESIZE);
     init_tick_mu(&s->tick_mu);
     pthread_mutex_init(&s->ring_mu, NULL);
-    int stop_pipe[2], wake_pipe[2];
+    int wake_pipe[2];
     s->ring = calloc((size_t)cap, sizeof(Sample));
     if (!s->ring) {
         Py_DECREF(s);
         return PyErr_NoMemory();
     }
-    if (pipe2(stop_pipe, O_CLOEXEC) || pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK)) {
+    if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK)) {
         PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(s);
         return NULL;
     }
-    s->stop_r = stop_pipe[0];
-    s->stop_w = stop_pipe[1];
     s->wake_r = wake_pipe[0];
     s->wake_w = wake_pipe[1];
     pthread_mutex_lock(&live_mu);
@@ -942,8 +977,8 @@ static void Sampler_dealloc(SamplerObject *s) {
     }
     free_config(s->cfg);
     free(s->ring);
-    int fds[] = {s->stop_r, s->stop_w, s->wake_r, s->wake_w};
-    for (size_t i = 0; i < 4; i++)
+    int fds[] = {s->wake_r, s->wake_w};
+    for (size_t i = 0; i < 2; i++)
         if (fds[i] >= 0) close(fds[i]);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }

@@ -142,6 +142,12 @@ def process_tree_memory(pid: int | None = None, root: str | Path = "/") -> TreeM
 _TASKS_REFRESH_S = 1.0
 """How long a multi-threaded process's thread list is trusted while its thread count is steady."""
 
+_STILL_RECHECK_S = 10.0
+"""How often the tree is re-checked although the pid cursor stood still (nothing can have
+joined it): only a safety net against a ``/proc/loadavg`` that does not show our forks (a
+virtualised one), which, once caught, is never trusted again. Each re-check opens and reads
+a few files per member with cold caches, so at 1 s it was ~10 % of an idle sampler's cost."""
+
 _MAX_KEPT_FDS = 64
 """Files the tree reader keeps open at most; beyond that it opens, reads and closes."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from montage.memory.tree import (
     _MAX_KEPT_FDS,
+    _STILL_RECHECK_S,
     _TASKS_REFRESH_S,
     TreeMemory,
     _KeptProcs,
@@ -84,7 +85,7 @@ class ProcessTreeReader(_KeptProcs):
         descendant by being forked by one), so the children files and thread counts need no
         reading: one ``statm`` read per member is the whole walk. A member that exited shows
         up as a failed or empty ``statm`` read, and any surprise falls back to the full walk,
-        which also runs at least every ``_TASKS_REFRESH_S``; if one of those finds a new
+        which also runs at least every ``_STILL_RECHECK_S``; if one of those finds a new
         member although the cursor stood still (a virtualised ``/proc/loadavg``), the
         shortcut is switched off for good. ``now`` is ``time.monotonic()`` if the caller has
         just read it (the sampler does, for its timestamp).
@@ -104,7 +105,7 @@ class ProcessTreeReader(_KeptProcs):
             else:
                 cursor = self._pid_cursor()
             still = cursor == self._cursor and target == self._target and cursor is not None
-            if still and now - self._full_at < _TASKS_REFRESH_S:
+            if still and now - self._full_at < _STILL_RECHECK_S:
                 # The sampler's usual tick: one ``statm`` pread per member, written out flat
                 # (no call per member, a member whose text is unchanged keeps its RSS), and
                 # ``version`` moves only when a descendant's RSS did.

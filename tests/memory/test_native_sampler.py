@@ -191,6 +191,69 @@ def test_ring_overflow_keeps_the_newest_samples(tmp_path: Path) -> None:
     assert handle.drain() == []
 
 
+def test_ticks_keep_their_grid_and_a_late_tick_brings_no_burst(tmp_path: Path) -> None:
+    """The thread sleeps to absolute deadlines: ticks stay on one grid of the interval (no
+    drift from each tick's own cost), and when a Python tick holds the tick lock for several
+    periods the missed deadlines are skipped, not caught up in a burst."""
+    tree = FakeTree(tmp_path, "host")
+    handle = native.new_handle(0.02, 200)
+    sampler = _Sampler(find_memory_limit(tree.root, env=NO_ENV), tree.root)
+    sampler.sample(Level.LOW, THRESHOLDS, ROOT_PID)
+    band = _SteadyBand(Level.LOW, THRESHOLDS)
+    native.arm(handle, sampler, band, wake_every=False, wake_on_member=False)
+    handle.start()
+    try:
+        assert wait_for(lambda: handle.counters()["ticks"] >= 25)
+        steady = [entry[0] for entry in handle.drain()]
+        handle.pause()  # what a Python tick does, for 5 periods
+        time.sleep(0.1)
+        handle.resume()
+        resumed = time.monotonic()
+        assert wait_for(lambda: handle.counters()["ticks"] >= 40)
+        after = [entry[0] for entry in handle.drain()]
+    finally:
+        handle.stop()
+    # on the grid: the typical gap is the interval itself (a relative sleep adds each tick's
+    # cost and wake-up latency to every gap: 60-170 µs here), late ticks aside
+    gaps = sorted(b - a for a, b in itertools.pairwise(steady))
+    assert abs(gaps[len(gaps) // 2] - 0.02) < 0.00004, gaps
+    # after the long tick: one late tick, then the grid again, never two ticks within 5 ms
+    later = [t for t in after if t >= resumed]
+    gaps = [b - a for a, b in itertools.pairwise(later)]
+    assert gaps and min(gaps) > 0.005, gaps
+
+
+def test_the_thread_reads_psi_once_a_second(tmp_path: Path) -> None:
+    """The kernel updates PSI averages every 2 s: the thread re-reads them once a second and
+    keeps the last values in between; an explicit measure() reads them at once."""
+    tree = FakeTree(tmp_path, "host")
+    _, handle = armed(tree)  # 10 ms a tick
+    started = time.monotonic()
+    handle.start()
+    try:
+        assert wait_for(lambda: handle.counters()["ticks"] >= 3)
+        write(  # only the PSI file: the thread must not catch another one half-written
+            tree.root,
+            "proc/pressure/memory",
+            "some avg10=5.00 avg60=0.00 avg300=0.00 total=9\n"
+            "full avg10=1.00 avg60=0.00 avg300=0.00 total=9\n",  # steady: below the limit
+        )
+        changed = time.monotonic()
+        time.sleep(0.2)
+        soon = handle.drain()
+        assert wait_for(lambda: any(entry[4] == 5.0 for entry in handle.drain()), 3.0)
+        refreshed = time.monotonic()
+    finally:
+        handle.stop()
+    if changed - started < 0.5:  # the first read (at the first tick) is less than 1 s old
+        assert soon and all(entry[4] == 0.0 and entry[5] == 0.0 for entry in soon)
+    assert refreshed - started < 2.5
+    reasons, sample = handle.measure()
+    assert reasons == 0 and sample is not None and sample[4:6] == (5.0, 1.0)
+    tree.set(used_pct=10.0, psi=(0.0, 30.0), swap_mb=0)
+    assert handle.measure()[0] != 0  # fresh at once: full avg10 above the limit leaves the band
+
+
 def test_guard_ceiling_wakes_python_above_it_and_on_a_full_ring(tmp_path: Path) -> None:
     """The active memory_guards' tree ceiling: a tree above it wakes Python (R_GUARD), one at
     it does not; and a full ring wakes Python, which drains it before a sample is dropped."""

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -19,7 +20,11 @@ from hypothesis import strategies as st
 from montage.memory.monitor import _SteadyBand
 from montage.memory.pressure import MemoryPressureLevel as Level
 from montage.memory.pressure import PressureThresholds, classify
+from montage.memory.tree import _STILL_RECHECK_S
 from montage.memory.usage import ProcessTreeReader, process_tree_memory
+
+from .test_limits import write
+from .test_native_sampler import PAGE, ROOT_PID, FakeTree
 
 MIB = 1024 * 1024
 
@@ -204,3 +209,30 @@ def test_a_moved_pid_cursor_rechecks_without_walking_afresh(
         reader._members[1].children_read = None  # what a zombie or an unkept file looks like
         reader.read()
         assert reader._members is not members  # anything the re-check cannot vouch for: a walk
+
+
+def test_a_still_cursor_is_trusted_until_the_recheck_and_dropped_if_it_lied(
+    tmp_path: Path,
+) -> None:
+    """While the pid cursor stands, nothing can have joined the tree, so only each member's
+    statm is read; every ``_STILL_RECHECK_S`` the tree is checked anyway, and a new member
+    found then (a cursor that does not show our forks: a virtualised ``/proc/loadavg``)
+    switches the shortcut off for good."""
+    tree = FakeTree(tmp_path, "host")
+    reader = ProcessTreeReader(tmp_path)
+    start = 1000.0
+    before = reader.read_totals(ROOT_PID, now=start)
+    assert before == (2000 * PAGE, (2000 + 3000 + 500) * PAGE)
+    tree.process(103, 700, {103: ""})
+    write(tmp_path, f"proc/{ROOT_PID}/task/{ROOT_PID}/children", "101 103 ")  # the cursor stood
+    assert reader.read_totals(ROOT_PID, now=start + _STILL_RECHECK_S - 0.5) == before
+    assert reader._cursor_fd >= 0
+    after = reader.read_totals(ROOT_PID, now=start + _STILL_RECHECK_S + 0.5)
+    assert after == (2000 * PAGE, (2000 + 3000 + 500 + 700) * PAGE)
+    assert reader._cursor_fd == -2  # never trusted again: every read re-checks the tree
+    tree.process(104, 900, {104: ""})
+    write(tmp_path, f"proc/{ROOT_PID}/task/{ROOT_PID}/children", "101 103 104 ")
+    assert (
+        reader.read_totals(ROOT_PID, now=start + _STILL_RECHECK_S + 0.6)[1] == after[1] + 900 * PAGE
+    )
+    reader.close()
