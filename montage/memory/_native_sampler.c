@@ -3,8 +3,9 @@
  * Why: on a small VM every wake-up of a Python thread runs with cold caches, so the pure-Python
  * tick costs several times what the same reads cost from C (benchmarks/results/monitor.md).
  * Here a pthread does the steady tick: it re-reads the files Python opened (pread of dup()ed
- * fds: meminfo or the cgroup's files, PSI, /proc/loadavg, each tree member's statm, and when
- * the pid cursor moved, the members' task directories and children files), computes the same
+ * fds: meminfo or the cgroup's files, /proc/loadavg, each tree member's statm, PSI once a
+ * second, and when the pid cursor moved or every 10 s, the members' task directories and
+ * children files), computes the same
  * numbers as UsageReader.sample and ProcessTreeReader.read_totals, checks them against the
  * steady band Python configured, and appends a raw sample to a ring. Python is woken (a byte on
  * a pipe) only when it has something to do: a sample outside the band, a tree RSS above the
