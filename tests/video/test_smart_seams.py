@@ -28,7 +28,6 @@ from tests.video.test_editor import assert_segments_match_source, frame_times
 
 MakeClip = Callable[..., Path]
 FPS = 25
-PERIOD = Fraction(1, FPS)
 
 # x264 B-frame settings of the sources: reorder delay 2 (the default -bf 3 with a B-pyramid),
 # 1 (one B-frame, no pyramid) and 0 (no B-frames)
@@ -48,17 +47,19 @@ def packets(path: Path) -> list[tuple[int, int]]:
         return [(p.dts, p.pts) for p in container.demux(stream) if p.size > 0]
 
 
-def time_base(path: Path) -> Fraction:
+def frame_period(path: Path) -> tuple[Fraction, Fraction]:
+    """(seconds, ticks of the time base) between two frames of the video stream."""
     import av
 
     with av.open(str(path)) as container:
-        return Fraction(container.streams.video[0].time_base)
+        stream = container.streams.video[0]
+        seconds = 1 / Fraction(stream.average_rate)
+        return seconds, seconds / Fraction(stream.time_base)
 
 
 def dts_faults(path: Path) -> list[str]:
     """Where the output breaks the module's criterion (empty when it holds)."""
-    tb = time_base(path)
-    period = PERIOD / tb  # ticks
+    period = frame_period(path)[1]
     pkts = packets(path)
     faults = [f"packet {i}: dts {d} after pts {p}" for i, (d, p) in enumerate(pkts) if d > p]
     for i, ((a, _), (b, _)) in enumerate(itertools.pairwise(pkts)):
@@ -84,8 +85,8 @@ def assert_clean_seams(ffmpeg: str, out: Path, report: EditReport, tmp_path: Pat
     assert dts_faults(out) == []
     times = frame_times(out)
     assert len(times) == report.expected_frames
-    start = times[0]
-    assert times == pytest.approx([start + i * float(PERIOD) for i in range(len(times))], abs=1e-3)
+    period = float(frame_period(out)[0])
+    assert times == pytest.approx([i * period for i in range(len(times))], abs=1e-3)
     assert cfr_reencode_frames(ffmpeg, out, tmp_path) == report.expected_frames
 
 
@@ -109,6 +110,24 @@ def test_copied_gops_and_reencoded_edges_share_one_dts_offset(
     out = tmp_path / "smart.mp4"
     report = editor.extract_and_concatenate_efficient(src, segments, out, mode="smart")
     assert report.expected_frames == 56 + 35 + 29
+    assert_clean_seams(ffmpeg_exe, out, report, tmp_path)
+    assert_segments_match_source(out, src, report)
+
+
+@pytest.mark.parametrize(("rate", "ext"), [("30000/1001", "mkv"), ("24000/1001", "mov")])
+def test_other_containers_and_rates(
+    editor: VideoEditor,
+    make_clip: MakeClip,
+    ffmpeg_exe: str,
+    tmp_path: Path,
+    rate: str,
+    ext: str,
+) -> None:
+    """Sources whose frame period is not a whole number of ticks (mkv: milliseconds)."""
+    src = make_clip(duration=6, rate=rate, ext=ext, gop=30, extra=BFRAMES["bf3"])
+    segments = [VideoSegment(0.36, 2.6, src), VideoSegment(3.1, 5.5, src)]
+    out = tmp_path / "smart.mp4"
+    report = editor.extract_and_concatenate_efficient(src, segments, out, mode="smart")
     assert_clean_seams(ffmpeg_exe, out, report, tmp_path)
     assert_segments_match_source(out, src, report)
 
