@@ -7,6 +7,7 @@ job ever holds more than two segments, so memory does not grow with the segment 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,18 @@ def build_copy(ffmpeg: str, work: WorkDir, ranges: list[FrameRange], out: Path) 
     return plan
 
 
+def floor_us(seconds: float) -> float:
+    """``seconds`` rounded down to a whole microsecond (a nanosecond of float error forgiven).
+
+    The concat demuxer reads an ``outpoint`` as whole microseconds and stops at the first
+    packet whose dts reaches it. A smart copy ends on a keyframe's dts, which need not be a
+    whole microsecond (B-frames at 30000/1001 fps: 58 x 1001/30000 s = 1.9352666... s);
+    rounded to the nearest (1.935267) the outpoint passed it and the copy took that keyframe
+    too, a frame the tail re-encodes: a duplicate, and verification fell back to accurate.
+    """
+    return math.floor(seconds * 1_000_000 + 1e-3) / 1_000_000
+
+
 class _Pieces:
     """Collects video and audio pieces in output order with their concat durations."""
 
@@ -111,7 +124,7 @@ class _Pieces:
         directives = {"inpoint": rng.start_s + src.start_offset_s}
         outpoint = copy_outpoint_s(rng)
         if outpoint is not None:
-            directives["outpoint"] = outpoint
+            directives["outpoint"] = floor_us(outpoint)
         listing = self.work.write_list(
             "c", concat_list_text([(self.work.link(src.path), directives)])
         )

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from montage.video.assemble import floor_us
 from montage.video.editor import EditReport, VideoEditor
 from montage.video.segments import VideoSegment
 from tests.video.test_editor import assert_segments_match_source, frame_times
@@ -114,7 +115,9 @@ def test_copied_gops_and_reencoded_edges_share_one_dts_offset(
     assert_segments_match_source(out, src, report)
 
 
-@pytest.mark.parametrize(("rate", "ext"), [("30000/1001", "mkv"), ("24000/1001", "mov")])
+@pytest.mark.parametrize(
+    ("rate", "ext"), [("30000/1001", "mp4"), ("30000/1001", "mkv"), ("24000/1001", "mov")]
+)
 def test_other_containers_and_rates(
     editor: VideoEditor,
     make_clip: MakeClip,
@@ -193,3 +196,17 @@ def test_hevc_seams_keep_one_dts_offset(
     report = editor.extract_and_concatenate_efficient(src, segments, out, mode="smart")
     assert_clean_seams(ffmpeg_exe, out, report, tmp_path)
     assert_segments_match_source(out, src, report)
+
+
+@given(
+    frames=st.integers(min_value=0, max_value=10**7),
+    rate=st.sampled_from([Fraction(30000, 1001), Fraction(24000, 1001), Fraction(25)]),
+)
+def test_outpoints_round_down_to_the_microsecond(frames: int, rate: Fraction) -> None:
+    """A concat outpoint (whole microseconds) never passes the keyframe dts it stands for,
+    and never drops below the microsecond holding it (so it stays past the packet before)."""
+    exact = Fraction(frames) / rate
+    text = f"{floor_us(float(exact)):.6f}"  # as concat_list_text writes it
+    micro = Fraction(text)
+    assert micro <= exact
+    assert exact - micro < Fraction(1, 1_000_000)
