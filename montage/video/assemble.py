@@ -7,10 +7,17 @@ job ever holds more than two segments, so memory does not grow with the segment 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from montage.video.cutting import FrameRange, copy_outpoint_s, plan_smart, snap_to_keyframe
+from montage.video.cutting import (
+    FrameRange,
+    copy_decode_lead_s,
+    copy_outpoint_s,
+    plan_smart,
+    snap_to_keyframe,
+)
 from montage.video.pieces import (
     EncodeSettings,
     Target,
@@ -68,6 +75,18 @@ def build_copy(ffmpeg: str, work: WorkDir, ranges: list[FrameRange], out: Path) 
     return plan
 
 
+def floor_us(seconds: float) -> float:
+    """``seconds`` rounded down to a whole microsecond (a nanosecond of float error forgiven).
+
+    The concat demuxer reads an ``outpoint`` as whole microseconds and stops at the first
+    packet whose dts reaches it. A smart copy ends on a keyframe's dts, which need not be a
+    whole microsecond (B-frames at 30000/1001 fps: 58 x 1001/30000 s = 1.9352666... s);
+    rounded to the nearest (1.935267) the outpoint passed it and the copy took that keyframe
+    too, a frame the tail re-encodes: a duplicate, and verification fell back to accurate.
+    """
+    return math.floor(seconds * 1_000_000 + 1e-3) / 1_000_000
+
+
 class _Pieces:
     """Collects video and audio pieces in output order with their concat durations."""
 
@@ -79,25 +98,39 @@ class _Pieces:
         self.frames = 0
         self.out_s = 0.0
 
-    def encode(self, src_rng: FrameRange, start_s: float, frames: int, enc: EncodeSettings) -> None:
+    def encode(
+        self,
+        src_rng: FrameRange,
+        start_s: float,
+        frames: int,
+        enc: EncodeSettings,
+        *,
+        dts_lead_s: float = 0.0,
+    ) -> None:
         path = self.work.name("v", ".ts")
-        cmd = video_piece_cmd(self.ffmpeg, src_rng.source, start_s, frames, self.target, enc, path)
+        cmd = video_piece_cmd(
+            self.ffmpeg, src_rng.source, start_s, frames, self.target, enc, path,
+            dts_lead_s=dts_lead_s,
+        )  # fmt: skip
         seconds = self.target.seconds(frames)
         job = Job(cmd, f"encode-{path.stem}", ENCODE_WEIGHT * seconds, seconds, src_rng.source.path)
         self.jobs.append(job)
         self._add_video(path, frames, seconds)
 
-    def copy(self, rng: FrameRange) -> None:
+    def copy(self, rng: FrameRange, *, dts_lead_s: float = 0.0) -> None:
+        """Stream-copy ``rng`` (starting on a keyframe), its decode times moved ahead of
+        presentation to ``dts_lead_s`` in all (from the source's own lead)."""
         src = rng.source
         directives = {"inpoint": rng.start_s + src.start_offset_s}
         outpoint = copy_outpoint_s(rng)
         if outpoint is not None:
-            directives["outpoint"] = outpoint
+            directives["outpoint"] = floor_us(outpoint)
         listing = self.work.write_list(
             "c", concat_list_text([(self.work.link(src.path), directives)])
         )
         path = self.work.name("v", ".ts")
-        cmd = copy_piece_cmd(self.ffmpeg, listing, path)
+        extra_lead_s = max(0.0, dts_lead_s - src.decode_lead_s(rng.first))
+        cmd = copy_piece_cmd(self.ffmpeg, listing, path, dts_lead_s=extra_lead_s)
         self.jobs.append(
             Job(cmd, f"copy-{path.stem}", COPY_WEIGHT * rng.duration_s, rng.duration_s)
         )
@@ -140,23 +173,27 @@ def build_pieces(
     timescale: int | None = None,
 ) -> Assembly:
     """Accurate mode (``smart_enc`` None): each segment re-encoded whole. Smart mode: only the
-    partial GOPs at each end re-encoded with ``smart_enc``, the GOPs between stream-copied."""
+    partial GOPs at each end re-encoded with ``smart_enc`` (no B-frames: decode lead 0), the
+    GOPs between stream-copied, and every piece given the largest lead of the copied GOPs so
+    decode times stay one frame apart across the seams (``montage.video.pieces`` doc)."""
     pieces = _Pieces(ffmpeg, work, target)
     plan = Assembly()
-    for rng in ranges:
+    smart_plans = [plan_smart(rng) for rng in ranges] if smart_enc is not None else []
+    lead_s = copy_decode_lead_s(smart_plans)
+    for i, rng in enumerate(ranges):
         seg_start_out = pieces.out_s
         frames_before = pieces.frames
         if smart_enc is None:
             pieces.encode(rng, rng.start_s, out_frames(rng, target), enc)
         else:
-            smart = plan_smart(rng)
+            smart = smart_plans[i]
             for part in (smart.head, smart.middle, smart.tail):
                 if part is None:
                     continue
                 if part is smart.middle:
-                    pieces.copy(part)
+                    pieces.copy(part, dts_lead_s=lead_s)
                 else:
-                    pieces.encode(part, part.start_s, part.frames, smart_enc)
+                    pieces.encode(part, part.start_s, part.frames, smart_enc, dts_lead_s=lead_s)
                 plan.seams_s.append(pieces.out_s)
         seg_s = target.seconds(pieces.frames - frames_before)
         pieces.sound(rng, rng.start_s, seg_s)

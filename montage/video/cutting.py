@@ -123,6 +123,11 @@ class SourceIndex:
     def keyframe_dts(self, index: int) -> float:
         return self.keyframe_dts_s[self.keyframe_indices.index(index)]
 
+    def decode_lead_s(self, keyframe: int) -> float:
+        """How far decoding runs ahead of presentation from ``keyframe`` on: its pts - dts,
+        the reorder delay of B-frames (0 without them; 2 frames for x264's default)."""
+        return max(0.0, self.time_of(keyframe) - self.keyframe_dts(keyframe))
+
 
 def _fps(stream: object) -> Fraction:
     for name in ("average_rate", "guessed_rate", "base_rate"):
@@ -326,6 +331,15 @@ def plan_smart(frames: FrameRange) -> SmartPlan:
         return FrameRange(src, a, b) if b > a else None
 
     return SmartPlan(part(frames.first, k_first), part(k_first, k_last), part(k_last, frames.end))
+
+
+def copy_decode_lead_s(plans: list[SmartPlan]) -> float:
+    """The largest decode lead of the GOPs these plans copy (0 when none is copied).
+
+    Smart mode gives every piece this lead, so decode times run one frame apart across each
+    seam (``montage.video.assemble.build_pieces``)."""
+    leads = [p.middle.source.decode_lead_s(p.middle.first) for p in plans if p.middle]
+    return max(leads, default=0.0)
 
 
 def copy_outpoint_s(frames: FrameRange) -> float | None:

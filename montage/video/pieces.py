@@ -6,6 +6,15 @@ something to depend on, a count is. Video pieces are MPEG-TS (Annex B: every key
 its SPS/PPS, so re-encoded and stream-copied pieces with different parameter sets join
 safely); audio pieces are PCM WAV, cut to the sample, so there is no AAC priming at each seam
 and audio is encoded once, in the join.
+
+The join (concat demuxer) lines each piece up by its first *presentation* time. Decode times
+follow only if every piece decodes the same distance ahead of presenting: a copied GOP with
+B-frames runs its reorder delay ahead (dts = pts - 2 frames for x264's default), an edge piece
+encoded without B-frames does not, and joined as they are the copied piece's first decode times
+fall on the edge piece's last ones (the muxer then squeezes them one tick apart: players and CFR
+re-encodes duplicate and drop frames there). So smart mode gives every piece one common lead:
+``dts_lead_args`` moves a piece's decode times earlier (never its presentation times) with the
+``setts`` bitstream filter, by the copied GOPs' delay minus the piece's own.
 """
 
 from __future__ import annotations
@@ -118,6 +127,13 @@ def seek_args(source: SourceIndex, start_s: float) -> list[str]:
     return ["-ss", f"{seek_s:.6f}"] if seek_s > 0 else []
 
 
+def dts_lead_args(lead_s: float) -> list[str]:
+    """Output options moving every video packet's dts ``lead_s`` earlier (pts unchanged)."""
+    if lead_s <= 1e-6:
+        return []
+    return ["-bsf:v", f"setts=dts=DTS-round({lead_s:.6f}/TB)"]
+
+
 def normalise_filter(source: SourceFormat, target: Target, *, always: bool = False) -> str:
     """Filters making ``source`` frames look like ``target`` (empty when they already do)."""
     source = target.shown(source)
@@ -146,15 +162,19 @@ def video_piece_cmd(
     target: Target,
     enc: EncodeSettings,
     out: Path,
+    *,
+    dts_lead_s: float = 0.0,
 ) -> list[str]:
-    """Re-encode ``frames`` frames of ``source`` starting at ``start_s`` (video only)."""
+    """Re-encode ``frames`` frames of ``source`` starting at ``start_s`` (video only), decode
+    times moved ``dts_lead_s`` ahead of presentation (module doc)."""
     cmd = base_args(ffmpeg) + seek_args(source, start_s) + target.input_args()
     cmd += ["-i", file_url(source.path), "-map", "0:v:0", "-an", "-sn", "-dn"]
     cmd += ["-fps_mode", "passthrough"]
     vf = normalise_filter(source.fmt, target)
     if vf:
         cmd += ["-vf", vf]
-    return [*cmd, "-frames:v", str(frames), *enc.args(target.pix_fmt), "-f", "mpegts", str(out)]
+    cmd += ["-frames:v", str(frames), *enc.args(target.pix_fmt), *dts_lead_args(dts_lead_s)]
+    return [*cmd, "-f", "mpegts", str(out)]
 
 
 def _audio_chain(target: Target, duration_s: float) -> str:
@@ -184,10 +204,14 @@ def audio_piece_cmd(
     return [*cmd, "-c:a", "pcm_s16le", "-f", "wav", str(out)]
 
 
-def copy_piece_cmd(ffmpeg: str, concat_list: Path, out: Path) -> list[str]:
-    """Stream-copy the video of the source range described by ``concat_list`` to TS."""
+def copy_piece_cmd(
+    ffmpeg: str, concat_list: Path, out: Path, *, dts_lead_s: float = 0.0
+) -> list[str]:
+    """Stream-copy the video of the source range described by ``concat_list`` to TS, decode
+    times moved ``dts_lead_s`` further ahead of presentation (module doc)."""
     cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list)]
-    return [*cmd, "-map", "0:v:0", "-c", "copy", "-f", "mpegts", str(out)]
+    cmd += ["-map", "0:v:0", "-c", "copy", *dts_lead_args(dts_lead_s)]
+    return [*cmd, "-f", "mpegts", str(out)]
 
 
 def copy_mode_cmd(ffmpeg: str, concat_list: Path, out: Path, *, audio: bool) -> list[str]:
