@@ -248,6 +248,15 @@ def probe(path: PathLike, *, trusted: bool = False, require_video: bool = False)
             f"{p} has no video stream (only {', '.join(s.kind for s in streams)}); "
             f"give a video file",
         )
+    video = info.video
+    if require_video and video is not None and not (video.width and video.height):
+        # a stream the demuxer announced but never saw a whole picture of: an MPEG-TS cut off
+        # in its first frame (its tables come first), ...; decoding it would fail in ffmpeg
+        raise corrupt_error(
+            p,
+            f"its video stream {video.index} ({video.codec}) has no complete picture, "
+            f"so it cannot be decoded",
+        )
     if require_video and _is_still_image(info):
         raise NotMediaError(
             str(p), f"{p} is a still image ({info.container}), not a video; give a video file"
