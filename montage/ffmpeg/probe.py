@@ -75,6 +75,7 @@ class StreamInfo:
     duration_s: float | None = None
     bit_rate: int | None = None
     frames: int | None = None
+    language: str | None = None  # the stream's language tag (ISO 639-2, e.g. "eng"), if any
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,11 @@ def _rate(stream: Stream) -> float | None:
     return None
 
 
+def _language(stream: Stream) -> str | None:
+    language = stream.metadata.get("language")
+    return language if language and language != "und" else None
+
+
 def _stream_info(stream: Stream, rotations: dict[int, int]) -> StreamInfo:
     kind = stream.type if stream.type in ("video", "audio", "subtitle") else "data"
     ctx: Any = stream.codec_context
@@ -163,6 +169,7 @@ def _stream_info(stream: Stream, rotations: dict[int, int]) -> StreamInfo:
         "duration_s": float(stream.duration * tb) if stream.duration and tb else None,
         "bit_rate": (getattr(ctx, "bit_rate", None) or None) if ctx is not None else None,
         "frames": stream.frames or None,
+        "language": _language(stream),
     }
     if kind == "video":
         return StreamInfo(
