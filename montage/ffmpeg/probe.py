@@ -157,6 +157,11 @@ def _language(stream: Stream) -> str | None:
     return language if language and language != "und" else None
 
 
+def _tag_name(stream: Stream) -> str:
+    """A name for a stream no decoder knows: an mp4/mov ``tmcd`` track says "timecode"."""
+    return "timecode" if "timecode" in stream.metadata else "unknown"
+
+
 def _stream_info(stream: Stream, rotations: dict[int, int]) -> StreamInfo:
     kind = stream.type if stream.type in ("video", "audio", "subtitle") else "data"
     ctx: Any = stream.codec_context
@@ -164,7 +169,7 @@ def _stream_info(stream: Stream, rotations: dict[int, int]) -> StreamInfo:
     common: dict[str, Any] = {
         "index": stream.index,
         "kind": kind,
-        "codec": (ctx.name if ctx is not None else None) or "unknown",
+        "codec": (ctx.name if ctx is not None else None) or _tag_name(stream),
         "time_base": Fraction(tb) if tb else None,
         "duration_s": float(stream.duration * tb) if stream.duration and tb else None,
         "bit_rate": (getattr(ctx, "bit_rate", None) or None) if ctx is not None else None,

@@ -30,7 +30,7 @@ def test_subtitle_and_timecode_streams_are_listed_with_their_language(
     info = probe(mov_text_mp4, require_video=True)
     kinds = [(s.kind, s.codec) for s in info.streams]
     assert kinds[:3] == [("video", "h264"), ("audio", "aac"), ("subtitle", "mov_text")]
-    assert [s.kind for s in info.streams[3:]] == ["data"]  # the tmcd track
+    assert [(s.kind, s.codec) for s in info.streams[3:]] == [("data", "timecode")]  # tmcd
     assert info.streams[2].language == "eng"
     assert info.video is not None and info.video.language is None  # "und" is no language
 
