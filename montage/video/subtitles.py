@@ -21,14 +21,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from montage.ffmpeg.probe import MediaInfo, StreamInfo
+from montage.ffmpeg.probe import MediaInfo
+from montage.ffmpeg.streams import (
+    MP4_LIKE,
+    TEXT_SUBTITLE_CODECS,
+    data_warnings,
+    label,
+    text_subtitle_codec,
+)
 from montage.video.pieces import base_args, file_url
 from montage.video.runner import Job, WorkDir
 
-TEXT_CODECS = frozenset({"mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text"})
 LOOKBACK_S = 30.0  # a cue that started this long before a cut is still found
 EXTRACT_WEIGHT = 0.002
-_MP4_LIKE = frozenset({".mp4", ".m4v", ".mov"})
 _TIME = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})(?:\.(\d{1,3}))?$")
 
 
@@ -59,39 +64,20 @@ class StreamChoice:
     warnings: tuple[str, ...]
 
 
-def _label(stream: StreamInfo, info: MediaInfo) -> str:
-    return f"{stream.kind} stream #{stream.index} ({stream.codec}) of {Path(info.path).name}"
-
-
-def _output_codec(out: Path, first: StreamInfo) -> str | None:
-    suffix = out.suffix.lower()
-    if suffix in _MP4_LIKE:
-        return "mov_text"
-    if suffix in (".mkv", ".mka"):
-        return "ass" if first.codec in ("ass", "ssa") else "srt"
-    if suffix == ".webm":
-        return "webvtt"
-    return None
-
-
 def choose(sources: Sequence[MediaInfo], out: Path) -> StreamChoice:
     """Which subtitle tracks ``out`` gets from ``sources`` (distinct, in order of use), and a
     warning for every subtitle or data stream that is not kept."""
-    warnings: list[str] = []
-    for info in sources:
-        for stream in info.streams:
-            if stream.kind == "data":
-                warnings.append(
-                    f"{_label(stream, info)} not kept: timecode and data tracks are not cut"
-                )
+    warnings = [warning for info in sources for warning in data_warnings(info)]
     subs = [[s for s in info.streams if s.kind == "subtitle"] for info in sources]
     tracks: list[Track] = []
     for k, first in enumerate(subs[0]):
         column = [
             (info, streams[k] if k < len(streams) else None) for info, streams in zip(sources, subs)
         ]
-        codec = _output_codec(out, first)
-        bitmap = [(i, s) for i, s in column if s is not None and s.codec not in TEXT_CODECS]
+        codec = text_subtitle_codec(out, first.codec)
+        bitmap = [
+            (i, s) for i, s in column if s is not None and s.codec not in TEXT_SUBTITLE_CODECS
+        ]
         missing = [i for i, s in column if s is None]
         if bitmap:
             why = f"{bitmap[0][1].codec} is a bitmap subtitle; only text subtitles are cut"
@@ -102,11 +88,11 @@ def choose(sources: Sequence[MediaInfo], out: Path) -> StreamChoice:
         else:
             tracks.append(Track(k, codec, first.language))
             continue
-        warnings += [f"{_label(s, i)} not kept: {why}" for i, s in column if s is not None]
+        warnings += [f"{label(s, i)} not kept: {why}" for i, s in column if s is not None]
     for info, streams in zip(sources[1:], subs[1:]):
         for stream in streams[len(subs[0]) :]:
             warnings.append(
-                f"{_label(stream, info)} not kept: {Path(sources[0].path).name} (the first "
+                f"{label(stream, info)} not kept: {Path(sources[0].path).name} (the first "
                 f"source) has no subtitle stream {streams.index(stream) + 1}"
             )
     return StreamChoice(tuple(tracks), tuple(warnings))
@@ -221,7 +207,7 @@ def mux_cmd(
         cmd += [f"-c:s:{n}", track.codec]
         if track.language:
             cmd += [f"-metadata:s:s:{n}", f"language={track.language}"]
-    if out.suffix.lower() in _MP4_LIKE:
+    if out.suffix.lower() in MP4_LIKE:
         cmd += ["-write_tmcd", "0"]  # as copy mode: no timecode from the video's tag
         if timescale:
             cmd += ["-video_track_timescale", str(timescale)]
