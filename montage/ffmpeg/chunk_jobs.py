@@ -57,6 +57,7 @@ class ChunkReport:
     join_s: float
     wall_s: float
     peak_chunk_memory_mb: float | None  # largest ffmpeg tree peak among the chunk jobs
+    warnings: tuple[str, ...] = ()  # subtitle/data streams of the input not kept, and why
 
 
 def _function_job(

@@ -49,6 +49,7 @@ from montage.ffmpeg.chunk_plan import (
     plan_chunks,
     scan_video,
 )
+from montage.ffmpeg.streams import MP4_LIKE, data_warnings, whole_file_subtitles
 
 if TYPE_CHECKING:
     from montage.ffmpeg.probe import MediaInfo
@@ -273,17 +274,34 @@ def _plan(job: _ChunkedJob, src: Path) -> tuple[MediaInfo, VideoIndex, ChunkPlan
 
 
 def _join(
-    work: Path, outs: Sequence[Path], audio_src: Path | None, target: Path, muxer: Sequence[str]
+    work: Path,
+    outs: Sequence[Path],
+    audio_src: Path | None,
+    target: Path,
+    muxer: Sequence[str],
+    subtitles: tuple[Path, Sequence[tuple[int, str]]] | None = None,
 ) -> None:
-    """Concat demuxer over our list file (plain relative names, default safe mode) + audio."""
+    """Concat demuxer over our list file (plain relative names, default safe mode) + audio,
+    + ``subtitles``: the source and the ``(k, encoder)`` of each subtitle stream it keeps."""
     listing = work / "concat.txt"
     listing.write_text("".join(f"file '{p.name}'\n" for p in outs), encoding="utf-8")
-    args = ["-f", "concat", "-i", _url(listing)]
+    inputs = ["-f", "concat", "-i", _url(listing)]
+    maps = ["-map", "0:v:0"]
     if audio_src is not None:
-        args += ["-i", _url(audio_src), "-map", "0:v:0", "-map", "1:a:0"]
-    else:
-        args += ["-map", "0:v:0"]
-    _run_ffmpeg(_ffmpeg([*args, "-c", "copy", *muxer, _url(target)]), "chunk join")
+        inputs += ["-i", _url(audio_src)]
+        maps += ["-map", "1:a:0"]
+    codecs: list[str] = []
+    if subtitles is not None and subtitles[1]:
+        src, kept = subtitles
+        n = 2 if audio_src is not None else 1
+        inputs += ["-i", _url(src)]
+        for out_k, (k, codec) in enumerate(kept):
+            maps += ["-map", f"{n}:s:{k}"]
+            codecs += [f"-c:s:{out_k}", codec]
+    args = [*inputs, *maps]
+    if target.suffix.lower() in MP4_LIKE:
+        muxer = [*muxer, "-write_tmcd", "0"]  # data/timecode streams are not carried over
+    _run_ffmpeg(_ffmpeg([*args, "-c", "copy", *codecs, *muxer, _url(target)]), "chunk join")
 
 
 def _verify(src: Path, index: VideoIndex, joined: Path, audio: str) -> VideoIndex:
@@ -337,6 +355,13 @@ def _run_chunked(job: _ChunkedJob) -> ChunkReport:
     started = time.monotonic()
     src, dst = _check_paths(job)
     media, index, plan, chunk_s = _plan(job, src)
+    if "-sn" in job.output_args:
+        subtitles: list[tuple[int, str]] = []
+        warnings = data_warnings(media)
+    else:
+        subtitles, warnings = whole_file_subtitles(media, dst)
+    for warning in warnings:
+        logger.warning("%s", warning)
     workers = max(1, job.max_workers or min(cpu_count(), plan.chunks))
     audio = job.audio if media.has_audio else "absent"
     logger.info(
@@ -366,7 +391,8 @@ def _run_chunked(job: _ChunkedJob) -> ChunkReport:
         peaks = runner.run(jobs, len(chunk_outs), job.progress)
         process_done = time.monotonic()
         with managed_tempfile(suffix=out_suffix, prefix=f".{dst.stem}.", dir=dst.parent) as tmp:
-            _join(work, chunk_outs, audio_src, tmp, _muxer_args(job.output_args))
+            muxer = _muxer_args(job.output_args)
+            _join(work, chunk_outs, audio_src, tmp, muxer, (src, subtitles))
             out = _verify(src, index, tmp, audio)
             os.replace(tmp, dst)
     finished = time.monotonic()
@@ -385,4 +411,5 @@ def _run_chunked(job: _ChunkedJob) -> ChunkReport:
         join_s=finished - process_done,
         wall_s=finished - started,
         peak_chunk_memory_mb=max(known) if known else None,
+        warnings=tuple(warnings),
     )

@@ -76,7 +76,7 @@ def mp4_rotations(path: Path) -> dict[int, int]:
 
 def _tkhd_rotation(tkhd: bytes) -> tuple[int, int]:
     version = tkhd[0]
-    id_offset, matrix_offset = (20, 48) if version == 1 else (12, 40)
+    id_offset, matrix_offset = (20, 52) if version == 1 else (12, 40)
     (track_id,) = struct.unpack(">I", tkhd[id_offset : id_offset + 4])
     a, b, _u, c, d = struct.unpack(">5i", tkhd[matrix_offset : matrix_offset + 20])
     if not (a or b or c or d):

@@ -75,6 +75,7 @@ class StreamInfo:
     duration_s: float | None = None
     bit_rate: int | None = None
     frames: int | None = None
+    language: str | None = None  # the stream's language tag (ISO 639-2, e.g. "eng"), if any
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,16 @@ def _rate(stream: Stream) -> float | None:
     return None
 
 
+def _language(stream: Stream) -> str | None:
+    language = stream.metadata.get("language")
+    return language if language and language != "und" else None
+
+
+def _tag_name(stream: Stream) -> str:
+    """A name for a stream no decoder knows: an mp4/mov ``tmcd`` track says "timecode"."""
+    return "timecode" if "timecode" in stream.metadata else "unknown"
+
+
 def _stream_info(stream: Stream, rotations: dict[int, int]) -> StreamInfo:
     kind = stream.type if stream.type in ("video", "audio", "subtitle") else "data"
     ctx: Any = stream.codec_context
@@ -158,11 +169,12 @@ def _stream_info(stream: Stream, rotations: dict[int, int]) -> StreamInfo:
     common: dict[str, Any] = {
         "index": stream.index,
         "kind": kind,
-        "codec": (ctx.name if ctx is not None else None) or "unknown",
+        "codec": (ctx.name if ctx is not None else None) or _tag_name(stream),
         "time_base": Fraction(tb) if tb else None,
         "duration_s": float(stream.duration * tb) if stream.duration and tb else None,
         "bit_rate": (getattr(ctx, "bit_rate", None) or None) if ctx is not None else None,
         "frames": stream.frames or None,
+        "language": _language(stream),
     }
     if kind == "video":
         return StreamInfo(
@@ -247,6 +259,15 @@ def probe(path: PathLike, *, trusted: bool = False, require_video: bool = False)
             str(p),
             f"{p} has no video stream (only {', '.join(s.kind for s in streams)}); "
             f"give a video file",
+        )
+    video = info.video
+    if require_video and video is not None and not (video.width and video.height):
+        # a stream the demuxer announced but never saw a whole picture of: an MPEG-TS cut off
+        # in its first frame (its tables come first), ...; decoding it would fail in ffmpeg
+        raise corrupt_error(
+            p,
+            f"its video stream {video.index} ({video.codec}) has no complete picture, "
+            f"so it cannot be decoded",
         )
     if require_video and _is_still_image(info):
         raise NotMediaError(

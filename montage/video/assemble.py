@@ -42,6 +42,7 @@ class Assembly:
 
     jobs: list[Job] = field(default_factory=list)
     spans_s: list[tuple[float, float]] = field(default_factory=list)  # per segment, source time
+    starts_out_s: list[float] = field(default_factory=list)  # per segment, where its spans_s[0] is
     expected_frames: int | None = 0
     expected_duration_s: float = 0.0
     seams_s: list[float] = field(default_factory=list)  # output times where pieces meet
@@ -67,6 +68,7 @@ def build_copy(ffmpeg: str, work: WorkDir, ranges: list[FrameRange], out: Path) 
             directives["outpoint"] = outpoint
         entries.append((work.link(src.path), directives))
         plan.spans_s.append((snapped.start_s, snapped.end_s))
+        plan.starts_out_s.append(plan.expected_duration_s)
         plan.expected_duration_s += snapped.duration_s
     listing = work.write_list("copy", concat_list_text(entries))
     has_audio = ranges[0].source.fmt.has_audio
@@ -198,6 +200,7 @@ def build_pieces(
         seg_s = target.seconds(pieces.frames - frames_before)
         pieces.sound(rng, rng.start_s, seg_s)
         plan.spans_s.append((rng.start_s, rng.end_s))
+        plan.starts_out_s.append(seg_start_out)
         plan.seams_s.append(seg_start_out)
     plan.jobs = [*pieces.jobs, pieces.join(out, audio_bit_rate, timescale)]
     plan.expected_frames = pieces.frames
@@ -234,6 +237,8 @@ def build_transitions(
                 f"use a shorter transition_duration"
             )
         body = frames - cut_head - cut_tail
+        # its head is the second half of the crossfade just made, which started fade_s ago
+        plan.starts_out_s.append(pieces.out_s - fade_s if i > 0 else 0.0)
         start_s = rng.start_s + target.seconds(cut_head)
         if body > 0:
             pieces.encode(rng, start_s, body, enc)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from montage.errors import OutputError
 from montage.resources import release_freed_memory
-from montage.video import encoding
+from montage.video import encoding, subtitles
 from montage.video.assemble import Assembly, build_copy, build_pieces, build_transitions
 from montage.video.cutting import (
     FrameRange,
@@ -38,7 +38,7 @@ from montage.video.cutting import (
 from montage.video.encoding import EncoderChoice
 from montage.video.inputs import check_unchanged, fingerprint
 from montage.video.pieces import EncodeSettings, Target
-from montage.video.runner import JobRunner, ProgressCallback, WorkDir
+from montage.video.runner import Job, JobRunner, ProgressCallback, WorkDir
 from montage.video.segments import VideoSegment
 from montage.video.verify import check_duration, verify_join
 
@@ -77,6 +77,7 @@ class EditReport:
     transitions: bool
     fallback_reason: str | None = None
     encoder: dict[str, object] | None = None  # the re-encoding settings used (None: copy)
+    warnings: tuple[str, ...] = ()  # streams not kept (bitmap subtitles, timecode...), and why
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -140,6 +141,8 @@ class VideoEditor:
         fingerprints = {path: fingerprint(path) for path in infos}
         clamped = [s.clamp_to(infos[s.path.resolve()].duration_s, strict=strict) for s in segments]
         durations = {key: info.duration_s for key, info in infos.items()}
+        used_sources = [infos[key] for key in dict.fromkeys(s.path.resolve() for s in clamped)]
+        streams = subtitles.choose(used_sources, out)
         # copy needs only the packets around each cut; anything else needs every frame
         quick = mode in ("copy", "auto") and not apply_transitions
         ranges = _cut_ranges(clamped, durations, boundaries_only=quick)
@@ -149,7 +152,7 @@ class VideoEditor:
         if quick and chosen != "copy":
             ranges = _cut_ranges(clamped, durations, boundaries_only=False)
         enc = None if chosen == "copy" else self._encode_settings(ranges[0].source, choice)
-        plan, used, reason, enc = self._produce(
+        plan, used, reason, enc, dropped = self._produce(
             ranges,
             out,
             chosen,
@@ -159,7 +162,10 @@ class VideoEditor:
             enc,
             overwrite=overwrite,
             fingerprints=fingerprints,
+            tracks=streams.tracks,
         )
+        for warning in (*streams.warnings, *dropped):
+            log.warning("%s", warning)
         from montage.ffmpeg.probe import probe as probe_output
 
         results = tuple(
@@ -182,6 +188,7 @@ class VideoEditor:
             transitions=apply_transitions,
             fallback_reason=reason,
             encoder=encoding.describe(enc) if enc is not None else None,
+            warnings=(*streams.warnings, *dropped),
         )
 
     def _produce(
@@ -196,17 +203,21 @@ class VideoEditor:
         *,
         overwrite: bool,
         fingerprints: dict[Path, tuple[int, int]],
-    ) -> tuple[Assembly, str, str | None, EncodeSettings | None]:
-        """Build and run the plan into a temp file beside ``out``, then rename it into place."""
+        tracks: tuple[subtitles.Track, ...] = (),
+    ) -> tuple[Assembly, str, str | None, EncodeSettings | None, list[str]]:
+        """Build and run the plan into a temp file beside ``out``, then rename it into place.
+        Also returns a warning for each subtitle track of ``tracks`` left out (no cue in it)."""
         from montage.resources import managed_temp_directory, register_cleanup, unregister_cleanup
 
         temp = out.with_name(f".{out.stem}.montage-{secrets.token_hex(4)}{out.suffix}")
         token = register_cleanup(temp)
         try:
             with managed_temp_directory(prefix="montage_edit_") as folder:
+                work = WorkDir(folder)
                 plan, used, reason, enc = self._run_mode(
-                    WorkDir(folder), ranges, temp, mode, reason, runner, fade_s, enc
+                    work, ranges, temp, mode, reason, runner, fade_s, enc
                 )
+                dropped = _add_subtitles(work, plan, ranges, tracks, temp, runner)
             check_unchanged(
                 fingerprints,
                 "read; no output was written: edit a copy that nothing else is writing",
@@ -216,7 +227,7 @@ class VideoEditor:
         finally:
             temp.unlink(missing_ok=True)
             unregister_cleanup(token)
-        return plan, used, reason, enc
+        return plan, used, reason, enc, dropped
 
     def _run_mode(
         self,
@@ -284,6 +295,58 @@ class VideoEditor:
     def _encode_settings(self, source: SourceIndex, choice: EncoderChoice) -> EncodeSettings:
         """The chosen preset/CRF with bounded threads and lookahead, lowered if memory is short."""
         return encoding.fit_to_memory(encoding.base_settings(choice), source, self.memory_limit_mb)
+
+
+def _add_subtitles(
+    work: WorkDir,
+    plan: Assembly,
+    ranges: list[FrameRange],
+    tracks: tuple[subtitles.Track, ...],
+    temp: Path,
+    runner: JobRunner,
+) -> list[str]:
+    """Cut the kept subtitle tracks to the plan's segments and mux them into ``temp`` (one
+    stream-copy pass into a second temp beside it, renamed over it); the warnings of tracks
+    that had no cue inside the cuts."""
+    if not tracks:
+        return []
+    from montage.ffmpeg.binary import ffmpeg_path
+    from montage.ffmpeg.probe import probe
+    from montage.resources import register_cleanup, unregister_cleanup
+
+    ffmpeg = ffmpeg_path()
+    pieces = [
+        subtitles.Piece(rng.source.path, rng.source.start_offset_s, a, b, out_s)
+        for rng, (a, b), out_s in zip(ranges, plan.spans_s, plan.starts_out_s)
+    ]
+    jobs, files = subtitles.extract_jobs(ffmpeg, work, tracks, pieces)
+    runner.run_all(jobs, share=0.0)
+    kept: list[tuple[subtitles.Track, Path]] = []
+    dropped: list[str] = []
+    for track, row in zip(tracks, files):
+        text = subtitles.build_track(row, pieces)
+        if text is None:
+            dropped.append(
+                f"subtitle track {track.position + 1} not kept: no cue falls inside the cuts"
+            )
+            continue
+        path = work.name(f"track{track.position}_", ".ass")
+        path.write_text(text, encoding="utf-8")
+        kept.append((track, path))
+    if not kept:
+        return dropped
+    video = probe(temp).video
+    timescale = video.time_base.denominator if video and video.time_base else None
+    muxed = temp.with_name(f"{temp.stem}.subs{temp.suffix}")
+    token = register_cleanup(muxed)
+    try:
+        cmd = subtitles.mux_cmd(ffmpeg, temp, kept, muxed, timescale=timescale)
+        runner.run(Job(cmd, "subtitles-mux", 0.0, plan.expected_duration_s), scale=0.0)
+        os.replace(muxed, temp)
+    finally:
+        muxed.unlink(missing_ok=True)
+        unregister_cleanup(token)
+    return dropped
 
 
 def _cut_ranges(

@@ -219,6 +219,10 @@ def copy_mode_cmd(ffmpeg: str, concat_list: Path, out: Path, *, audio: bool) -> 
     cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list), "-map", "0:v:0"]
     if audio:
         cmd += ["-map", "0:a:0?"]
+    if out.suffix.lower() in (".mp4", ".m4v", ".mov"):
+        # no timecode track rebuilt from the video's tag: it would give the source's start
+        # timecode to the cut's first frame (data streams are not kept; see video.subtitles)
+        cmd += ["-write_tmcd", "0"]
     return [*cmd, "-c", "copy", "-avoid_negative_ts", "make_zero", str(out)]
 
 
