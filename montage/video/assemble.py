@@ -48,22 +48,35 @@ def out_frames(rng: FrameRange, target: Target) -> int:
 
 
 def build_copy(ffmpeg: str, work: WorkDir, ranges: list[FrameRange], out: Path) -> Assembly:
-    """Copy mode: one process reads every range straight from the sources (flat memory)."""
+    """Copy mode: one process reads every range straight from the sources (flat memory).
+
+    Video and audio come from two listings of the same ranges: the concat demuxer ends a
+    file at the first packet of *any* stream whose decode time reaches its outpoint, and with
+    B-frames the video's outpoint (a decode time) is up to a few frames before the range's
+    presentation end, where the audio must stop. Each file's ``duration`` is its range's
+    presentation length, so the next range starts where this one's last frame ends (the
+    demuxer would otherwise take ``outpoint - inpoint`` and overlap the ranges)."""
     plan = Assembly(expected_frames=None)
-    entries: list[tuple[str, dict[str, float]]] = []
+    video: list[tuple[str, dict[str, float]]] = []
+    audio: list[tuple[str, dict[str, float]]] = []
     for rng in ranges:
         snapped = snap_to_keyframe(rng)
         src = snapped.source
-        directives = {"inpoint": snapped.start_s + src.start_offset_s}
+        name = work.link(src.path)
+        v_dirs = {"inpoint": snapped.start_s + src.start_offset_s}
+        a_dirs = dict(v_dirs)
         outpoint = copy_outpoint_s(snapped)
-        if outpoint is not None:
-            directives["outpoint"] = outpoint
-        entries.append((work.link(src.path), directives))
+        if outpoint is not None:  # None: to the media's end
+            v_dirs["outpoint"], a_dirs["outpoint"] = outpoint, snapped.end_s + src.start_offset_s
+            v_dirs["duration"] = a_dirs["duration"] = snapped.duration_s
+        video.append((name, v_dirs))
+        audio.append((name, a_dirs))
         plan.spans_s.append((snapped.start_s, snapped.end_s))
         plan.expected_duration_s += snapped.duration_s
-    listing = work.write_list("copy", concat_list_text(entries))
+    v_list = work.write_list("copy", concat_list_text(video))
     has_audio = ranges[0].source.fmt.has_audio
-    cmd = copy_mode_cmd(ffmpeg, listing, out, audio=has_audio)
+    a_list = work.write_list("copy-audio", concat_list_text(audio)) if has_audio else None
+    cmd = copy_mode_cmd(ffmpeg, v_list, out, audio_list=a_list)
     plan.jobs.append(Job(cmd, "copy-join", COPY_WEIGHT, plan.expected_duration_s))
     return plan
 

@@ -190,11 +190,16 @@ def copy_piece_cmd(ffmpeg: str, concat_list: Path, out: Path) -> list[str]:
     return [*cmd, "-map", "0:v:0", "-c", "copy", "-f", "mpegts", str(out)]
 
 
-def copy_mode_cmd(ffmpeg: str, concat_list: Path, out: Path, *, audio: bool) -> list[str]:
-    """Copy mode: every segment straight from the source(s), one process, both streams."""
-    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list), "-map", "0:v:0"]
-    if audio:
-        cmd += ["-map", "0:a:0?"]
+def copy_mode_cmd(
+    ffmpeg: str, concat_list: Path, out: Path, *, audio_list: Path | None
+) -> list[str]:
+    """Copy mode: every segment straight from the source(s), one process: the video from
+    ``concat_list``, the audio (if any) from ``audio_list`` (the same ranges)."""
+    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list)]
+    if audio_list is not None:
+        cmd += ["-f", "concat", "-i", file_url(audio_list), "-map", "0:v:0", "-map", "1:a:0?"]
+    else:
+        cmd += ["-map", "0:v:0"]
     return [*cmd, "-c", "copy", "-avoid_negative_ts", "make_zero", str(out)]
 
 
