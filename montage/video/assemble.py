@@ -93,9 +93,15 @@ class _Pieces:
         self.out_s = 0.0
 
     def encode(self, src_rng: FrameRange, start_s: float, frames: int, enc: EncodeSettings) -> None:
+        """Re-encode ``frames`` frames from ``start_s``: at their own times when the rate is
+        kept (a variable-rate source stays variable), else at the target's constant rate."""
         path = self.work.name("v", ".ts")
-        cmd = video_piece_cmd(self.ffmpeg, src_rng.source, start_s, frames, self.target, enc, path)
-        seconds = self.target.seconds(frames)
+        src = src_rng.source
+        cmd = video_piece_cmd(self.ffmpeg, src, start_s, frames, self.target, enc, path)
+        if src.fmt.fps == self.target.fps:
+            seconds = src.seconds(src.first_frame_at_or_after(start_s), frames)
+        else:
+            seconds = self.target.seconds(frames)
         job = Job(cmd, f"encode-{path.stem}", ENCODE_WEIGHT * seconds, seconds, src_rng.source.path)
         self.jobs.append(job)
         self._add_video(path, frames, seconds)
@@ -158,7 +164,6 @@ def build_pieces(
     plan = Assembly()
     for rng in ranges:
         seg_start_out = pieces.out_s
-        frames_before = pieces.frames
         if smart_enc is None:
             pieces.encode(rng, rng.start_s, out_frames(rng, target), enc)
         else:
@@ -171,8 +176,7 @@ def build_pieces(
                 else:
                     pieces.encode(part, part.start_s, part.frames, smart_enc)
                 plan.seams_s.append(pieces.out_s)
-        seg_s = target.seconds(pieces.frames - frames_before)
-        pieces.sound(rng, rng.start_s, seg_s)
+        pieces.sound(rng, rng.start_s, pieces.out_s - seg_start_out)  # as long as its video
         plan.spans_s.append((rng.start_s, rng.end_s))
         plan.seams_s.append(seg_start_out)
     plan.jobs = [*pieces.jobs, pieces.join(out, audio_bit_rate, timescale)]
@@ -203,17 +207,19 @@ def build_transitions(
         frames = out_frames(rng, target)
         cut_head = fade_frames if i > 0 else 0
         cut_tail = fade_frames if i < last else 0
-        if frames < cut_head + cut_tail:
+        body, start_s = frames - cut_head - cut_tail, rng.start_s + target.seconds(cut_head)
+        if rng.source.fmt.fps == target.fps:  # the rate is kept: count the source's own frames
+            body, start_s = _body(rng, fade_s if cut_head else 0.0, fade_s if cut_tail else 0.0)
+        if body < 0:
             raise ValueError(
                 f"segment {i} ({rng.duration_s:.3f} s) is shorter than its "
                 f"{(cut_head + cut_tail) / float(target.fps):.3f} s of crossfades; "
                 f"use a shorter transition_duration"
             )
-        body = frames - cut_head - cut_tail
-        start_s = rng.start_s + target.seconds(cut_head)
         if body > 0:
+            before_s = pieces.out_s
             pieces.encode(rng, start_s, body, enc)
-            pieces.sound(rng, start_s, target.seconds(body))
+            pieces.sound(rng, start_s, pieces.out_s - before_s)
         if i < last:
             _crossfade(pieces, rng, ranges[i + 1], fade_frames, fade_s, enc)
             plan.seams_s.append(pieces.out_s)
@@ -222,6 +228,15 @@ def build_transitions(
     plan.expected_frames = pieces.frames
     plan.expected_duration_s = pieces.out_s
     return plan
+
+
+def _body(rng: FrameRange, head_s: float, tail_s: float) -> tuple[int, float]:
+    """(frames, start time) of ``rng`` without its first ``head_s`` and last ``tail_s``
+    seconds, by the source's frame times (variable-rate sources: not ``seconds * fps``)."""
+    src = rng.source
+    first = src.first_frame_at_or_after(rng.start_s + head_s) if head_s else rng.first
+    end = src.first_frame_at_or_after(rng.end_s - tail_s) if tail_s else rng.end
+    return end - first, src.time_of(first)
 
 
 def _crossfade(

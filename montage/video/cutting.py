@@ -102,6 +102,19 @@ class SourceIndex:
     def frame_period_s(self) -> float:
         return 1.0 / float(self.fmt.fps)
 
+    def gap_before_s(self, time_s: float) -> float:
+        """Time from the frame before the one at/after ``time_s`` to it (the average period
+        at the start): frame gaps of variable-rate sources differ from the average."""
+        index = self.first_frame_at_or_after(time_s)
+        if 0 < index < self.frame_count:
+            return self.frame_times_s[index] - self.frame_times_s[index - 1]
+        return self.frame_period_s
+
+    def seconds(self, first: int, frames: int) -> float:
+        """Presentation length of ``frames`` frames from index ``first``: their real timing,
+        not ``frames / fps`` (they differ on variable-rate sources)."""
+        return self.time_of(first + frames) - self.time_of(first)
+
     def time_of(self, index: int) -> float:
         """Presentation time of frame ``index``; ``frame_count`` means the end of the media."""
         return self.end_s if index >= self.frame_count else self.frame_times_s[index]
@@ -306,7 +319,8 @@ def snap(segment: VideoSegment, source: SourceIndex) -> FrameRange:
     if end <= first:
         raise ValueError(
             f"segment [{segment.start_time:g}, {segment.end_time:g}) of {segment.input_file} "
-            f"contains no frame (frames are {source.frame_period_s * 1000:.1f} ms apart)"
+            f"contains no frame (frames there are "
+            f"{source.gap_before_s(segment.end_time) * 1000:.1f} ms apart)"
         )
     return FrameRange(source, first, end)
 
