@@ -111,9 +111,12 @@ class SourceIndex:
         return self.frame_period_s
 
     def seconds(self, first: int, frames: int) -> float:
-        """Presentation length of ``frames`` frames from index ``first``: their real timing,
-        not ``frames / fps`` (they differ on variable-rate sources)."""
-        return self.time_of(first + frames) - self.time_of(first)
+        """Presentation length of ``frames`` frames from index ``first``: their real timing
+        where it differs from ``frames / fps`` (variable-rate sources), else that exactly
+        (within a time-base tick: timestamps in milliseconds round each end)."""
+        real = self.time_of(first + frames) - self.time_of(first)
+        nominal = float(frames / self.fmt.fps)
+        return nominal if abs(real - nominal) <= float(self.fmt.time_base) + 1e-6 else real
 
     def time_of(self, index: int) -> float:
         """Presentation time of frame ``index``; ``frame_count`` means the end of the media."""

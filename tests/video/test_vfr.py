@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,15 @@ def test_crossfades_of_a_variable_rate_source_keep_the_sound_with_the_picture(
     shown = [best_match(g, vfr) for g in result.grey]
     at_s = result.times[shown.index(vfr.times.index(1.4))]
     assert sound_position_s(result, at_s, vfr, 1.4) == pytest.approx(1.4, abs=1e-3)
+
+
+def test_millisecond_timestamps_of_a_constant_rate_keep_the_nominal_length(
+    make_clip: Callable[..., Path],
+) -> None:
+    """Matroska rounds times to the millisecond: 29.97 fps frames are 33 or 34 ms apart
+    there, which is not a variable rate; a piece is then ``frames / fps`` long exactly."""
+    index = build_index(make_clip(duration=2, rate="30000/1001", ext="mkv", audio=False))
+    assert index.fmt.time_base == Fraction(1, 1000)
+    real = [index.time_of(i + 7) - index.time_of(i) for i in range(30)]
+    assert max(abs(r - 7 * 1001 / 30000) for r in real) > 1e-4  # the rounding is there
+    assert all(index.seconds(i, 7) == 7 * 1001 / 30000 for i in range(30))
