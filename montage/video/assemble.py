@@ -56,23 +56,37 @@ def out_frames(rng: FrameRange, target: Target) -> int:
 
 
 def build_copy(ffmpeg: str, work: WorkDir, ranges: list[FrameRange], out: Path) -> Assembly:
-    """Copy mode: one process reads every range straight from the sources (flat memory)."""
+    """Copy mode: one process reads every range straight from the sources (flat memory).
+
+    Video and audio come from two listings of the same ranges: the concat demuxer ends a
+    file at the first packet of *any* stream whose decode time reaches its outpoint, and with
+    B-frames the video's outpoint (a decode time) is up to a few frames before the range's
+    presentation end, where the audio must stop. Each file's ``duration`` is its range's
+    presentation length, so the next range starts where this one's last frame ends (the
+    demuxer would otherwise take ``outpoint - inpoint`` and overlap the ranges)."""
     plan = Assembly(expected_frames=None)
-    entries: list[tuple[str, dict[str, float]]] = []
+    video: list[tuple[str, dict[str, float]]] = []
+    audio: list[tuple[str, dict[str, float]]] = []
     for rng in ranges:
         snapped = snap_to_keyframe(rng)
         src = snapped.source
-        directives = {"inpoint": snapped.start_s + src.start_offset_s}
+        name = work.link(src.path)
+        v_dirs = {"inpoint": snapped.start_s + src.start_offset_s}
+        a_dirs = dict(v_dirs)
         outpoint = copy_outpoint_s(snapped)
-        if outpoint is not None:
-            directives["outpoint"] = outpoint
-        entries.append((work.link(src.path), directives))
+        if outpoint is not None:  # None: to the media's end
+            end_s = snapped.end_s + src.start_offset_s
+            v_dirs["outpoint"], a_dirs["outpoint"] = floor_us(outpoint), floor_us(end_s)
+            v_dirs["duration"] = a_dirs["duration"] = snapped.duration_s
+        video.append((name, v_dirs))
+        audio.append((name, a_dirs))
         plan.spans_s.append((snapped.start_s, snapped.end_s))
         plan.starts_out_s.append(plan.expected_duration_s)
         plan.expected_duration_s += snapped.duration_s
-    listing = work.write_list("copy", concat_list_text(entries))
+    v_list = work.write_list("copy", concat_list_text(video))
     has_audio = ranges[0].source.fmt.has_audio
-    cmd = copy_mode_cmd(ffmpeg, listing, out, audio=has_audio)
+    a_list = work.write_list("copy-audio", concat_list_text(audio)) if has_audio else None
+    cmd = copy_mode_cmd(ffmpeg, v_list, out, audio_list=a_list)
     plan.jobs.append(Job(cmd, "copy-join", COPY_WEIGHT, plan.expected_duration_s))
     return plan
 
@@ -109,12 +123,17 @@ class _Pieces:
         *,
         dts_lead_s: float = 0.0,
     ) -> None:
+        """Re-encode ``frames`` frames from ``start_s``: at their own times when the rate is
+        kept (a variable-rate source stays variable), else at the target's constant rate."""
         path = self.work.name("v", ".ts")
+        src = src_rng.source
         cmd = video_piece_cmd(
-            self.ffmpeg, src_rng.source, start_s, frames, self.target, enc, path,
-            dts_lead_s=dts_lead_s,
-        )  # fmt: skip
-        seconds = self.target.seconds(frames)
+            self.ffmpeg, src, start_s, frames, self.target, enc, path, dts_lead_s=dts_lead_s
+        )
+        if src.fmt.fps == self.target.fps:
+            seconds = src.seconds(src.first_frame_at_or_after(start_s), frames)
+        else:
+            seconds = self.target.seconds(frames)
         job = Job(cmd, f"encode-{path.stem}", ENCODE_WEIGHT * seconds, seconds, src_rng.source.path)
         self.jobs.append(job)
         self._add_video(path, frames, seconds)
@@ -184,7 +203,6 @@ def build_pieces(
     lead_s = copy_decode_lead_s(smart_plans)
     for i, rng in enumerate(ranges):
         seg_start_out = pieces.out_s
-        frames_before = pieces.frames
         if smart_enc is None:
             pieces.encode(rng, rng.start_s, out_frames(rng, target), enc)
         else:
@@ -197,8 +215,7 @@ def build_pieces(
                 else:
                     pieces.encode(part, part.start_s, part.frames, smart_enc, dts_lead_s=lead_s)
                 plan.seams_s.append(pieces.out_s)
-        seg_s = target.seconds(pieces.frames - frames_before)
-        pieces.sound(rng, rng.start_s, seg_s)
+        pieces.sound(rng, rng.start_s, pieces.out_s - seg_start_out)  # as long as its video
         plan.spans_s.append((rng.start_s, rng.end_s))
         plan.starts_out_s.append(seg_start_out)
         plan.seams_s.append(seg_start_out)
@@ -230,19 +247,21 @@ def build_transitions(
         frames = out_frames(rng, target)
         cut_head = fade_frames if i > 0 else 0
         cut_tail = fade_frames if i < last else 0
-        if frames < cut_head + cut_tail:
+        body, start_s = frames - cut_head - cut_tail, rng.start_s + target.seconds(cut_head)
+        if rng.source.fmt.fps == target.fps:  # the rate is kept: count the source's own frames
+            body, start_s = _body(rng, fade_s if cut_head else 0.0, fade_s if cut_tail else 0.0)
+        if body < 0:
             raise ValueError(
                 f"segment {i} ({rng.duration_s:.3f} s) is shorter than its "
                 f"{(cut_head + cut_tail) / float(target.fps):.3f} s of crossfades; "
                 f"use a shorter transition_duration"
             )
-        body = frames - cut_head - cut_tail
         # its head is the second half of the crossfade just made, which started fade_s ago
         plan.starts_out_s.append(pieces.out_s - fade_s if i > 0 else 0.0)
-        start_s = rng.start_s + target.seconds(cut_head)
         if body > 0:
+            before_s = pieces.out_s
             pieces.encode(rng, start_s, body, enc)
-            pieces.sound(rng, start_s, target.seconds(body))
+            pieces.sound(rng, start_s, pieces.out_s - before_s)
         if i < last:
             _crossfade(pieces, rng, ranges[i + 1], fade_frames, fade_s, enc)
             plan.seams_s.append(pieces.out_s)
@@ -251,6 +270,15 @@ def build_transitions(
     plan.expected_frames = pieces.frames
     plan.expected_duration_s = pieces.out_s
     return plan
+
+
+def _body(rng: FrameRange, head_s: float, tail_s: float) -> tuple[int, float]:
+    """(frames, start time) of ``rng`` without its first ``head_s`` and last ``tail_s``
+    seconds, by the source's frame times (variable-rate sources: not ``seconds * fps``)."""
+    src = rng.source
+    first = src.first_frame_at_or_after(rng.start_s + head_s) if head_s else rng.first
+    end = src.first_frame_at_or_after(rng.end_s - tail_s) if tail_s else rng.end
+    return end - first, src.time_of(first)
 
 
 def _crossfade(

@@ -22,6 +22,8 @@ from montage.video.segments import VideoSegment
 # close before a requested time counts as "at" it.
 TIME_EPSILON_S = 1e-4
 SMART_CODECS = frozenset({"h264", "hevc"})
+# H.264/HEVC reorder at most 16 frames: a frame's packet is this close to it in decode order.
+MAX_REORDER_FRAMES = 18
 
 
 # What packets joined into one stream must share (rotation: a stream has one display matrix)
@@ -90,7 +92,7 @@ class SourceIndex:
     end_s: float  # end of the last frame
     frame_times_s: array[float]
     keyframe_indices: tuple[int, ...]
-    keyframe_dts_s: tuple[float, ...]  # decode time of each keyframe packet (relative)
+    frame_dts_s: array[float]  # decode time of each frame's packet (relative), in pts order
 
     @property
     def frame_count(self) -> int:
@@ -99,6 +101,22 @@ class SourceIndex:
     @property
     def frame_period_s(self) -> float:
         return 1.0 / float(self.fmt.fps)
+
+    def gap_before_s(self, time_s: float) -> float:
+        """Time from the frame before the one at/after ``time_s`` to it (the average period
+        at the start): frame gaps of variable-rate sources differ from the average."""
+        index = self.first_frame_at_or_after(time_s)
+        if 0 < index < self.frame_count:
+            return self.frame_times_s[index] - self.frame_times_s[index - 1]
+        return self.frame_period_s
+
+    def seconds(self, first: int, frames: int) -> float:
+        """Presentation length of ``frames`` frames from index ``first``: their real timing
+        where it differs from ``frames / fps`` (variable-rate sources), else that exactly
+        (within a time-base tick: timestamps in milliseconds round each end)."""
+        real = self.time_of(first + frames) - self.time_of(first)
+        nominal = float(frames / self.fmt.fps)
+        return nominal if abs(real - nominal) <= float(self.fmt.time_base) + 1e-6 else real
 
     def time_of(self, index: int) -> float:
         """Presentation time of frame ``index``; ``frame_count`` means the end of the media."""
@@ -121,7 +139,30 @@ class SourceIndex:
         return self.keyframe_indices[pos] if pos < len(self.keyframe_indices) else self.frame_count
 
     def keyframe_dts(self, index: int) -> float:
-        return self.keyframe_dts_s[self.keyframe_indices.index(index)]
+        return self.frame_dts_s[index]
+
+    def decodes_alone_before(self, index: int) -> bool:
+        """True when the frames before ``index`` are all decoded before any frame from
+        ``index`` on: a stream copy that stops there needs no packet of a later frame.
+
+        Without B-frames every frame qualifies; with them only the ends of the reordered
+        runs do (after each P-frame's B-frames). Looks ``MAX_REORDER_FRAMES`` either side."""
+        if index <= 0 or index >= self.frame_count:
+            return True
+        dts = self.frame_dts_s
+        before = max(dts[max(0, index - MAX_REORDER_FRAMES) : index])
+        return before < self.next_dts(index)
+
+    def next_dts(self, index: int) -> float:
+        """Decode time of the first packet, in decode order, of the frames from ``index`` on."""
+        return min(self.frame_dts_s[index : index + MAX_REORDER_FRAMES])
+
+    def copy_end_at_or_after(self, index: int) -> int:
+        """The first frame index >= ``index`` where a stream copy can stop (see
+        ``decodes_alone_before``), or ``frame_count``."""
+        while index < self.frame_count and not self.decodes_alone_before(index):
+            index += 1
+        return index
 
     def decode_lead_s(self, keyframe: int) -> float:
         """How far decoding runs ahead of presentation from ``keyframe`` on: its pts - dts,
@@ -196,10 +237,9 @@ def build_index(
     end_s = frames[-1] + (last_duration or 1.0 / float(fmt.fps))
     if not reached_eof:
         end_s = max(end_s, duration_s if duration_s is not None else _container_end_s(path))
-    keyframes = [(t, packets[t][1]) for t in frames if packets[t][0]]
-    kf_idx = tuple(bisect.bisect_left(frames, t - TIME_EPSILON_S) for t, _ in keyframes)
-    kf_dts = tuple(d for _, d in keyframes)
-    return SourceIndex(Path(path), fmt, start_raw, end_s, frames, kf_idx, kf_dts)
+    kf_idx = tuple(i for i, t in enumerate(frames) if packets[t][0])
+    dts = array("d", (packets[t][1] for t in frames))
+    return SourceIndex(Path(path), fmt, start_raw, end_s, frames, kf_idx, dts)
 
 
 # Read this far past a window's end: covers B-frame reordering (x264 allows 16 B-frames,
@@ -287,14 +327,24 @@ def snap(segment: VideoSegment, source: SourceIndex) -> FrameRange:
     if end <= first:
         raise ValueError(
             f"segment [{segment.start_time:g}, {segment.end_time:g}) of {segment.input_file} "
-            f"contains no frame (frames are {source.frame_period_s * 1000:.1f} ms apart)"
+            f"contains no frame (frames there are "
+            f"{source.gap_before_s(segment.end_time) * 1000:.1f} ms apart)"
         )
     return FrameRange(source, first, end)
 
 
 def snap_to_keyframe(frames: FrameRange) -> FrameRange:
-    """Copy mode: the start moved back to the keyframe at or before it."""
-    return FrameRange(frames.source, frames.source.keyframe_at_or_before(frames.first), frames.end)
+    """Copy mode: the start moved back to the keyframe at or before it, and the end moved
+    forward to the first frame a stream copy can stop before (``copy_end_at_or_after``).
+
+    Without B-frames the end stays; with them it moves past the rest of a reordered run (at
+    most the source's B-frame count, 3 frames with x264's default), because the frames just
+    before the requested end are predicted from the P-frame after it: stopping earlier would
+    leave them undecodable or drop them. So copy output always covers the requested range."""
+    src = frames.source
+    return FrameRange(
+        src, src.keyframe_at_or_before(frames.first), src.copy_end_at_or_after(frames.end)
+    )
 
 
 def on_keyframe_grid(frames: FrameRange) -> bool:
@@ -345,15 +395,16 @@ def copy_decode_lead_s(plans: list[SmartPlan]) -> float:
 def copy_outpoint_s(frames: FrameRange) -> float | None:
     """Concat-demuxer ``outpoint`` (raw timestamps) that ends a stream copy at ``frames.end``.
 
-    The demuxer stops at the first packet whose *decode* time reaches the outpoint, so ending
-    on a keyframe uses that keyframe's dts (with B-frames it precedes its pts). None = to the end.
+    The demuxer stops at the first packet whose *decode* time reaches the outpoint, so this
+    is the decode time of the first packet (in decode order) of the frames from ``end`` on:
+    with B-frames it precedes ``end``'s presentation time, and the frames before ``end`` go
+    out whole only if ``end`` is a copy end (``SourceIndex.decodes_alone_before``; keyframes
+    of closed GOPs are). None = to the end.
     """
     src = frames.source
     if frames.end >= src.frame_count:
         return None
-    if src.is_keyframe(frames.end):
-        return src.keyframe_dts(frames.end) + src.start_offset_s
-    return src.time_of(frames.end) + src.start_offset_s
+    return src.next_dts(frames.end) + src.start_offset_s
 
 
 def can_smart_cut(sources: list[SourceIndex]) -> str | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from montage.video.cutting import SourceFormat, SourceIndex
 
 SEEK_MARGIN_FRAMES = 0.25
+AUDIO_SEEK_LEAD_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,9 @@ def file_url(path: Path) -> str:
 
 def seek_args(source: SourceIndex, start_s: float) -> list[str]:
     """Input seek a quarter frame before ``start_s``: decodes from the keyframe before, drops
-    frames before the seek point, and the first frame kept is the one at ``start_s``."""
-    seek_s = max(0.0, start_s - SEEK_MARGIN_FRAMES * source.frame_period_s)
+    frames before the seek point, and the first frame kept is the one at ``start_s``. The
+    quarter is of the gap to the frame before (variable-rate sources: not the average's)."""
+    seek_s = max(0.0, start_s - SEEK_MARGIN_FRAMES * source.gap_before_s(start_s))
     return ["-ss", f"{seek_s:.6f}"] if seek_s > 0 else []
 
 
@@ -135,14 +137,19 @@ def dts_lead_args(lead_s: float) -> list[str]:
 
 
 def normalise_filter(source: SourceFormat, target: Target, *, always: bool = False) -> str:
-    """Filters making ``source`` frames look like ``target`` (empty when they already do)."""
+    """Filters making ``source`` frames look like ``target`` (empty when they already do).
+
+    The rate is converted (``fps``, constant) only when the source's differs or ``always``:
+    a variable-rate source whose average is the target's keeps every frame once, at its own
+    time (the pieces run with ``-fps_mode passthrough``)."""
     source = target.shown(source)
     if not always and source.same_picture(_as_format(target, source)):
         return ""
     w, h = target.width, target.height
+    rate = f"fps={target.fps}," if always or source.fps != target.fps else ""
     return (
         f"scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:-1:-1,setsar=1,"
-        f"fps={target.fps},format={target.pix_fmt}"
+        f"{rate}format={target.pix_fmt}"
     )
 
 
@@ -195,12 +202,19 @@ def audio_piece_cmd(
     """PCM audio of ``source`` from ``start_s`` for exactly ``duration_s`` (padded with silence
     if the source's audio is shorter); silence when ``source`` is None or has no audio."""
     cmd = base_args(ffmpeg)
+    chain = _audio_chain(target, duration_s)
     if source is None or not source.fmt.has_audio:
         cmd += ["-f", "lavfi", "-i", f"anullsrc=r={target.sample_rate}:cl={target.layout}"]
     else:
-        cmd += ["-ss", f"{start_s:.6f}"] if start_s > 0 else []
+        # Seek a little early and trim to the sample: an input seek exactly onto a video
+        # keyframe's time starts the sound up to one AAC frame late (ffmpeg n9 on MP4 found
+        # 128 samples at a 1 s keyframe), which would put it that much ahead of the picture.
+        seek_s = max(0.0, start_s - AUDIO_SEEK_LEAD_S)
+        cmd += ["-ss", f"{seek_s:.6f}"] if seek_s > 0 else []
         cmd += ["-i", file_url(source.path)]
-    cmd += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-af", _audio_chain(target, duration_s)]
+        if start_s > 0:
+            chain = f"atrim=start={start_s - seek_s:.6f},asetpts=PTS-STARTPTS,{chain}"
+    cmd += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-af", chain]
     return [*cmd, "-c:a", "pcm_s16le", "-f", "wav", str(out)]
 
 
@@ -214,11 +228,16 @@ def copy_piece_cmd(
     return [*cmd, "-f", "mpegts", str(out)]
 
 
-def copy_mode_cmd(ffmpeg: str, concat_list: Path, out: Path, *, audio: bool) -> list[str]:
-    """Copy mode: every segment straight from the source(s), one process, both streams."""
-    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list), "-map", "0:v:0"]
-    if audio:
-        cmd += ["-map", "0:a:0?"]
+def copy_mode_cmd(
+    ffmpeg: str, concat_list: Path, out: Path, *, audio_list: Path | None
+) -> list[str]:
+    """Copy mode: every segment straight from the source(s), one process: the video from
+    ``concat_list``, the audio (if any) from ``audio_list`` (the same ranges)."""
+    cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list)]
+    if audio_list is not None:
+        cmd += ["-f", "concat", "-i", file_url(audio_list), "-map", "0:v:0", "-map", "1:a:0?"]
+    else:
+        cmd += ["-map", "0:v:0"]
     if out.suffix.lower() in (".mp4", ".m4v", ".mov"):
         # no timecode track rebuilt from the video's tag: it would give the source's start
         # timecode to the cut's first frame (data streams are not kept; see video.subtitles)
