@@ -85,8 +85,12 @@ def build_copy(ffmpeg: str, work: WorkDir, ranges: list[FrameRange], out: Path) 
         plan.expected_duration_s += snapped.duration_s
     v_list = work.write_list("copy", concat_list_text(video))
     has_audio = ranges[0].source.fmt.has_audio
-    a_list = work.write_list("copy-audio", concat_list_text(audio)) if has_audio else None
-    cmd = copy_mode_cmd(ffmpeg, v_list, out, audio_list=a_list)
+    # a second listing (a second open of each source: its whole index again, ~+8 MiB and
+    # ~+30 ms for a 10-minute 1080p MP4) only where a video cut point differs from the sound's
+    # (B-frames at a cut end); otherwise both streams come from the one listing
+    separate = has_audio and audio != video
+    a_list = work.write_list("copy-audio", concat_list_text(audio)) if separate else None
+    cmd = copy_mode_cmd(ffmpeg, v_list, out, audio_list=a_list, audio=has_audio)
     plan.jobs.append(Job(cmd, "copy-join", COPY_WEIGHT, plan.expected_duration_s))
     return plan
 

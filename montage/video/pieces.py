@@ -229,13 +229,16 @@ def copy_piece_cmd(
 
 
 def copy_mode_cmd(
-    ffmpeg: str, concat_list: Path, out: Path, *, audio_list: Path | None
+    ffmpeg: str, concat_list: Path, out: Path, *, audio_list: Path | None, audio: bool = True
 ) -> list[str]:
     """Copy mode: every segment straight from the source(s), one process: the video from
-    ``concat_list``, the audio (if any) from ``audio_list`` (the same ranges)."""
+    ``concat_list``, the audio (``audio``) from ``audio_list`` (the same ranges, other cut
+    points) or, without one, from ``concat_list`` too."""
     cmd = [*base_args(ffmpeg), "-f", "concat", "-i", file_url(concat_list)]
     if audio_list is not None:
         cmd += ["-f", "concat", "-i", file_url(audio_list), "-map", "0:v:0", "-map", "1:a:0?"]
+    elif audio:
+        cmd += ["-map", "0:v:0", "-map", "0:a:0?"]
     else:
         cmd += ["-map", "0:v:0"]
     if out.suffix.lower() in (".mp4", ".m4v", ".mov"):

@@ -167,3 +167,20 @@ def test_copy_from_an_open_gop_keyframe_decodes_cleanly(
         src, [VideoSegment(1.04, 2.5, src)], out, mode="copy"
     )
     assert decode_errors(ffmpeg_exe, out) == ""
+
+
+def test_a_second_listing_only_where_the_cut_points_differ(source: Source, tmp_path: Path) -> None:
+    """Each concat input opens every source again (its whole sample index: ~+8 MiB and tens of
+    ms for 10 minutes of 1080p), so the sound gets its own listing only where a video cut
+    point lies before the range's end (B-frames); without them both come from one."""
+    from montage.ffmpeg.binary import ffmpeg_path
+    from montage.video.assemble import build_copy
+    from montage.video.cutting import build_index, snap
+    from montage.video.runner import WorkDir
+
+    index = build_index(source.path)
+    ranges = [snap(VideoSegment(a, b, source.path), index) for a, b in [(1.0, 1.4), (2.1, 2.9)]]
+    plan = build_copy(ffmpeg_path(), WorkDir(tmp_path), ranges, tmp_path / "out.mp4")
+    (job,) = plan.jobs
+    assert job.cmd.count("-i") == (2 if source.b_frames else 1), job.cmd
+    assert "0:v:0" in job.cmd and ("1:a:0?" if source.b_frames else "0:a:0?") in job.cmd
