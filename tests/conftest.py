@@ -156,3 +156,9 @@ def polled_peak_mb(argv: list[str], interval_s: float = 0.005) -> float:
     assert proc.returncode == 0
     assert peak > 0
     return peak / 1048576.0
+
+
+def truncated_copy(src: Path, dst: Path, size: int) -> Path:
+    """``dst``: the first ``size`` bytes of ``src`` (a file cut off mid-write)."""
+    dst.write_bytes(src.read_bytes()[:size])
+    return dst

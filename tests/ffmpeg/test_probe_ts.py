@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from montage.errors import CorruptMediaError
 from montage.ffmpeg.probe import probe
-from tests.conftest import MakeClip
+from tests.conftest import MakeClip, truncated_copy
 
 TS_PACKET = 188
 
@@ -22,11 +22,6 @@ TS_PACKET = 188
 @pytest.fixture(scope="module")
 def ts_clip(make_clip: MakeClip) -> Path:
     return make_clip(duration=3.0, rate=25, gop=25, ext="ts")
-
-
-def _cut(src: Path, dst: Path, size: int) -> Path:
-    dst.write_bytes(src.read_bytes()[:size])
-    return dst
 
 
 def _video_end_s(path: Path) -> float:
@@ -50,7 +45,7 @@ def test_a_ts_cut_in_its_first_frame_is_corrupt_not_a_video_without_a_picture(
 ) -> None:
     # the tables (PAT/PMT) fit in the first packets: the demuxer announces an h264 stream,
     # but no whole picture follows (old code: "video" with width None, then ffmpeg exit 69)
-    cut = _cut(ts_clip, tmp_path / "first frame.ts", 1000)
+    cut = truncated_copy(ts_clip, tmp_path / "first frame.ts", 1000)
     with pytest.raises(CorruptMediaError, match=r"first frame\.ts.*no complete picture"):
         probe(cut, require_video=True)
 
@@ -75,7 +70,7 @@ def test_a_ts_cut_anywhere_probes_to_what_is_there_or_is_refused(
     size = max(TS_PACKET + 1, min(whole - 1, size))
     if size % TS_PACKET == 0:
         size += 77  # mid-packet: never on a packet boundary
-    cut = _cut(ts_clip, tmp_path / "cut.ts", size)
+    cut = truncated_copy(ts_clip, tmp_path / "cut.ts", size)
     try:
         info = probe(cut, require_video=True)
     except CorruptMediaError as exc:

@@ -13,7 +13,7 @@ from montage.ffmpeg.probe import probe
 from montage.video.analysis import analyze_video
 from montage.video.editor import VideoEditor
 from montage.video.segments import VideoSegment
-from tests.conftest import MakeClip
+from tests.conftest import MakeClip, truncated_copy
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +21,11 @@ def ts_clip(make_clip: MakeClip) -> Path:
     return make_clip(duration=4.0, rate=25, gop=25, ext="ts")
 
 
-def _cut(src: Path, dst: Path, size: int) -> Path:
-    dst.write_bytes(src.read_bytes()[:size])
-    return dst
-
-
 def test_a_ts_cut_mid_packet_is_analysed_and_cut_up_to_where_it_stops(
     ts_clip: Path, tmp_path: Path
 ) -> None:
     whole = ts_clip.stat().st_size
-    cut = _cut(ts_clip, tmp_path / "cut.ts", whole * 6 // 10 + 101)  # ~2.4 s of 4
+    cut = truncated_copy(ts_clip, tmp_path / "cut.ts", whole * 6 // 10 + 101)  # ~2.4 s of 4
     there_s = probe(cut, require_video=True).duration_s
     assert 1.8 < there_s < 3.0
     result = analyze_video(cut)
@@ -50,7 +45,7 @@ def test_a_ts_cut_mid_packet_is_analysed_and_cut_up_to_where_it_stops(
 def test_a_ts_cut_in_its_first_frame_fails_clearly_in_analysis_and_extraction(
     ts_clip: Path, tmp_path: Path, size: int
 ) -> None:
-    cut = _cut(ts_clip, tmp_path / "stub.ts", size)
+    cut = truncated_copy(ts_clip, tmp_path / "stub.ts", size)
     with pytest.raises(CorruptMediaError, match=r"stub\.ts is truncated or damaged"):
         analyze_video(cut)
     with pytest.raises(CorruptMediaError, match=r"stub\.ts is truncated or damaged"):
