@@ -185,12 +185,15 @@ def _ffmpeg_status(monitor: MemoryMonitor) -> dict[str, Any]:
 
 
 def _config_status(monitor: MemoryMonitor) -> dict[str, Any]:
+    from montage.memory import native
+
     limit = monitor.limit
     metrics = _state.metrics
     return {
         "initialized": _state.initialized,
         "monitor_running": monitor.running,
         "sampler": monitor.sampler_kind,
+        "sampler_reason": native.python_reason() if monitor.sampler_kind == "python" else None,
         "interval_s": monitor.interval_s,
         "limit_mb": round(limit.limit_mb, 1),
         "limit_source": limit.source,

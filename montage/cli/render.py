@@ -69,6 +69,14 @@ def kv_table(title: str, rows: Mapping[str, Any]) -> Table:
     return table
 
 
+def _sampler(config: Mapping[str, Any]) -> str:
+    kind = config.get("sampler", "?")
+    if kind == "native":
+        return "native (C thread)"
+    reason = config.get("sampler_reason")
+    return f"{kind} ({reason})" if reason else str(kind)
+
+
 def status_tables(status: Mapping[str, Any]) -> list[Table]:
     mem = status.get("memory", {})
     level = mem.get("pressure_level", "?")
@@ -86,6 +94,7 @@ def status_tables(status: Mapping[str, Any]) -> list[Table]:
                 "swap used": f"{mem.get('swap_used_mb', 0):.0f} MiB",
                 "PSI some/full avg10": f"{_pct(mem.get('psi_some_avg10'))} / "
                 f"{_pct(mem.get('psi_full_avg10'))}",
+                "sampler": _sampler(status.get("config", {})),
             },
         )
     ]

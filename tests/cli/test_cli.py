@@ -67,6 +67,48 @@ def test_status_table_is_readable() -> None:
     assert "ceiling" in result.stdout and "pressure" in result.stdout
 
 
+# status as an install without a C compiler has it: the extension cannot be imported
+NO_EXTENSION = """
+import sys
+sys.modules["montage.memory._native_sampler"] = None  # import raises ImportError
+from montage.__main__ import main
+sys.argv = ["montage-video", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "expect"),
+    [
+        ("built", "native (C thread)"),
+        ("switched off", "python (MONTAGE_NATIVE_SAMPLER=0)"),
+        ("not built", "python (the native sampler is not built"),
+    ],
+)
+def test_status_says_which_sampler_runs_and_why(how: str, expect: str) -> None:
+    """A quiet fallback to the Python sampler (pip -q hides the build hook's warning) is
+    visible in ``status``, with what to do about it."""
+    from montage.memory import native
+
+    if native.extension() is None:
+        pytest.skip("the native sampler is not built here")
+    env = {**os.environ, "COLUMNS": "200"}
+    argv = [*CLI, "status"]
+    if how == "switched off":
+        env[native.ENV] = "0"
+    elif how == "not built":
+        argv = [sys.executable, "-c", NO_EXTENSION, "status"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("sampler")]
+    assert expect in line
+    if how == "not built":
+        assert "reinstall with a C compiler" in line
+        result = subprocess.run([*argv, "--json"], capture_output=True, text=True, env=env)
+        config = json.loads(result.stdout)["config"]
+        assert config["sampler"] == "python" and "not built" in config["sampler_reason"]
+
+
 def test_probe_json(clip: Path) -> None:
     result = cli("probe", str(clip), "--json")
     assert result.returncode == 0, result.stderr
