@@ -184,3 +184,79 @@ def test_a_second_listing_only_where_the_cut_points_differ(source: Source, tmp_p
     (job,) = plan.jobs
     assert job.cmd.count("-i") == (2 if source.b_frames else 1), job.cmd
     assert "0:v:0" in job.cmd and ("1:a:0?" if source.b_frames else "0:a:0?") in job.cmd
+
+
+SYNC_CUTS = [(1.0, 1.6), (2.2, 2.8), (3.1, 3.9), (0.5, 1.2), (4.0, 4.6), (2.0, 2.7)]
+
+
+@pytest.fixture(scope="module")
+def noisy_source(
+    request: pytest.FixtureRequest, ffmpeg_exe: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, int]:
+    """6 s, 25 fps, a keyframe every second, white-noise sound (every instant unique)."""
+    bf = int(request.param)
+    out = tmp_path_factory.mktemp("noisy") / f"bf{bf}.mp4"
+    subprocess.run(
+        [ffmpeg_exe, "-v", "error", "-nostdin", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=6",
+         "-f", "lavfi", "-i", "anoisesrc=d=6:c=white:seed=7:a=0.5:r=48000",
+         "-c:v", "libx264", "-g", "25", "-bf", str(bf), "-c:a", "aac", "-shortest", str(out)],
+        check=True,
+    )  # fmt: skip
+    return out, bf
+
+
+def _sound(path: Path) -> tuple[float, Any]:
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+        start = float(frames[0].pts * frames[0].time_base)
+        return start, np.concatenate([f.to_ndarray()[0] for f in frames])
+
+
+COPY_SOUND_LAGS = pytest.mark.xfail(
+    strict=True,
+    reason="copy mode's sound falls further behind the picture at every join: each later "
+    "range brings the AAC packets from before its inpoint (from where the demuxer seeked: "
+    "the AAC frame before it, or with B-frames the keyframe's decode time), and the join "
+    "squashes them instead of dropping them. Measured: -16, -45, -51, -77, -101 ms at the "
+    "5 joins here without B-frames, -83, -197, -224, -323, -411 ms with 3 (not fixed: the "
+    "concat demuxer cannot drop packets before an inpoint)",
+)
+
+
+@pytest.mark.parametrize("mode", [pytest.param("copy", marks=COPY_SOUND_LAGS), "accurate"])
+@pytest.mark.parametrize("noisy_source", [0, 3], indirect=True, ids=["bf0", "bf3"])
+def test_the_sound_stays_in_sync_across_joins(
+    noisy_source: tuple[Path, int], mode: str, tmp_path: Path
+) -> None:
+    """Mid-segment, the sound heard is the source's sound at the frame shown (±25 ms), at
+    every join (accurate mode, which cuts the sound to the sample, checks the measure)."""
+    import av
+    import numpy as np
+
+    path, _ = noisy_source
+    out = tmp_path / "joined.mp4"
+    report = VideoEditor().extract_and_concatenate_efficient(
+        path, [VideoSegment(a, b, path) for a, b in SYNC_CUTS], out, mode=mode
+    )
+    src_t0, src = _sound(path)
+    out_t0, sound = _sound(out)
+    with av.open(str(out)) as container:
+        picture_t0 = min(
+            float(f.pts * f.time_base) for f, _ in zip(container.decode(video=0), range(8))
+        )
+    offsets_ms, placed = [], 0.0
+    for segment in report.segments:
+        length = segment.actual_end_s - segment.actual_start_s
+        shown = segment.actual_start_s + length / 2  # the source instant mid-segment
+        at = round((picture_t0 + placed + length / 2 - out_t0) * 48000)
+        window = sound[at : at + 2400]
+        lo = max(0, round((shown - 1.0 - src_t0) * 48000))
+        hay = src[lo : lo + 2 * 48000 + len(window)]
+        heard = src_t0 + (lo + int(np.argmax(np.correlate(hay, window, "valid")))) / 48000
+        offsets_ms.append(round((heard - shown) * 1000, 1))
+        placed += length
+    assert all(abs(offset) <= 25 for offset in offsets_ms), offsets_ms
