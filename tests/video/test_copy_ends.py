@@ -216,24 +216,15 @@ def _sound(path: Path) -> tuple[float, Any]:
         return start, np.concatenate([f.to_ndarray()[0] for f in frames])
 
 
-COPY_SOUND_LAGS = pytest.mark.xfail(
-    strict=True,
-    reason="copy mode's sound falls further behind the picture at every join: each later "
-    "range brings the AAC packets from before its inpoint (from where the demuxer seeked: "
-    "the AAC frame before it, or with B-frames the keyframe's decode time), and the join "
-    "squashes them instead of dropping them. Measured: -16, -45, -51, -77, -101 ms at the "
-    "5 joins here without B-frames, -83, -197, -224, -323, -411 ms with 3 (not fixed: the "
-    "concat demuxer cannot drop packets before an inpoint)",
-)
-
-
-@pytest.mark.parametrize("mode", [pytest.param("copy", marks=COPY_SOUND_LAGS), "accurate"])
+@pytest.mark.parametrize("mode", ["copy", "accurate"])
 @pytest.mark.parametrize("noisy_source", [0, 3], indirect=True, ids=["bf0", "bf3"])
 def test_the_sound_stays_in_sync_across_joins(
     noisy_source: tuple[Path, int], mode: str, tmp_path: Path
 ) -> None:
     """Mid-segment, the sound heard is the source's sound at the frame shown (±25 ms), at
-    every join (accurate mode, which cuts the sound to the sample, checks the measure)."""
+    every join (accurate mode, which cuts the sound to the sample, checks the measure). Copy
+    mode used to fall further behind at each join: -16 to -101 ms over these 5 joins without
+    B-frames, -83 to -411 ms with 3 (``pieces.COPY_AUDIO_BSF``)."""
     import av
     import numpy as np
 
