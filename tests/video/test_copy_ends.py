@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from montage.video.editor import VideoEditor
 from montage.video.segments import VideoSegment
+from tests.video.test_vfr import Clip, sound_position_s
 
 MakeClip = Callable[..., Path]
 RATE = 25
@@ -206,16 +207,6 @@ def noisy_source(
     return out, bf
 
 
-def _sound(path: Path) -> tuple[float, Any]:
-    import av
-    import numpy as np
-
-    with av.open(str(path)) as container:
-        frames = list(container.decode(audio=0))
-        start = float(frames[0].pts * frames[0].time_base)
-        return start, np.concatenate([f.to_ndarray()[0] for f in frames])
-
-
 @pytest.mark.parametrize("mode", ["copy", "accurate"])
 @pytest.mark.parametrize("noisy_source", [0, 3], indirect=True, ids=["bf0", "bf3"])
 def test_the_sound_stays_in_sync_across_joins(
@@ -225,29 +216,19 @@ def test_the_sound_stays_in_sync_across_joins(
     every join (accurate mode, which cuts the sound to the sample, checks the measure). Copy
     mode used to fall further behind at each join: -16 to -101 ms over these 5 joins without
     B-frames, -83 to -411 ms with 3 (``pieces.COPY_AUDIO_BSF``)."""
-    import av
-    import numpy as np
-
     path, _ = noisy_source
     out = tmp_path / "joined.mp4"
     report = VideoEditor().extract_and_concatenate_efficient(
         path, [VideoSegment(a, b, path) for a, b in SYNC_CUTS], out, mode=mode
     )
-    src_t0, src = _sound(path)
-    out_t0, sound = _sound(out)
-    with av.open(str(out)) as container:
-        picture_t0 = min(
-            float(f.pts * f.time_base) for f, _ in zip(container.decode(video=0), range(8))
-        )
+    src, joined = Clip(path), Clip(out)
+    picture_t0 = min(joined.times[:8])
     offsets_ms, placed = [], 0.0
     for segment in report.segments:
         length = segment.actual_end_s - segment.actual_start_s
         shown = segment.actual_start_s + length / 2  # the source instant mid-segment
-        at = round((picture_t0 + placed + length / 2 - out_t0) * 48000)
-        window = sound[at : at + 2400]
-        lo = max(0, round((shown - 1.0 - src_t0) * 48000))
-        hay = src[lo : lo + 2 * 48000 + len(window)]
-        heard = src_t0 + (lo + int(np.argmax(np.correlate(hay, window, "valid")))) / 48000
+        at = picture_t0 + placed + length / 2
+        heard = sound_position_s(joined, at, src, shown, search_s=1.0)
         offsets_ms.append(round((heard - shown) * 1000, 1))
         placed += length
     assert all(abs(offset) <= 25 for offset in offsets_ms), offsets_ms

@@ -77,15 +77,17 @@ def best_match(frame: Any, clip: Clip) -> int:
     return int(np.argmin([np.abs(frame - s).mean() for s in clip.grey]))
 
 
-def sound_position_s(out: Clip, at_s: float, src: Clip, near_s: float) -> float:
-    """Where in ``src`` the output's sound at ``at_s`` comes from (searched ±0.2 s of
+def sound_position_s(
+    out: Clip, at_s: float, src: Clip, near_s: float, search_s: float = 0.2
+) -> float:
+    """Where in ``src`` the output's sound at ``at_s`` comes from (searched ±``search_s`` of
     ``near_s``, to the sample)."""
     import numpy as np
 
     i = round((at_s - out.audio_t0) * SAMPLE_RATE)
     window = out.audio[i : i + 2400]
-    lo = max(0, round((near_s - 0.2 - src.audio_t0) * SAMPLE_RATE))
-    hay = src.audio[lo : lo + round(0.4 * SAMPLE_RATE) + len(window)]
+    lo = max(0, round((near_s - search_s - src.audio_t0) * SAMPLE_RATE))
+    hay = src.audio[lo : lo + round(2 * search_s * SAMPLE_RATE) + len(window)]
     return src.audio_t0 + (lo + int(np.argmax(np.correlate(hay, window, "valid")))) / SAMPLE_RATE
 
 
