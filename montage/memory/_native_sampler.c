@@ -334,8 +334,7 @@ static int same_tids(Member *m) {
 }
 
 /* One steady tick into *out; 0 when the sample is steady, else the reasons to wake Python. */
-static int measure(SamplerObject *s, Config *c, Sample *out, int fresh) {
-    double now = monotonic_now();
+static int measure(SamplerObject *s, Config *c, Sample *out, int fresh, double now) {
     long long mem[4];
     ssize_t n = read_fd(s, c->meminfo_fd);
     if (n < 0 || parse_meminfo(s->buf, (size_t)n, mem)) return R_READ;
@@ -476,11 +475,13 @@ static void wake_python(SamplerObject *s, int reasons) {
     (void)ignored;
 }
 
-/* One tick, under tick_mu: a sample in the ring, or a byte for Python. */
-static void tick(SamplerObject *s) {
+/* One tick, under tick_mu: a sample in the ring, or a byte for Python. Returns the time it
+   read (the sample's timestamp; the thread's schedule uses it too: one clock read a tick). */
+static double tick(SamplerObject *s) {
     Sample sample;
     int reasons;
     pthread_mutex_lock(&s->tick_mu);
+    double now = monotonic_now();
     /* kick and ticks are atomics: a cold lock costs µs, and this runs ten times a second */
     int kick = __atomic_exchange_n(&s->kick, 0, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&s->ticks, 1, __ATOMIC_RELAXED);
@@ -488,12 +489,12 @@ static void tick(SamplerObject *s) {
     if (!c) reasons = R_UNCONFIGURED;
     else if (kick) reasons = R_KICK;
     else if (c->wake_every) reasons = R_EVERY;
-    else reasons = measure(s, c, &sample, 0);
+    else reasons = measure(s, c, &sample, 0, now);
     if (reasons) {
         s->armed = 0; /* Python measures this tick itself and configures again */
         pthread_mutex_unlock(&s->tick_mu);
         wake_python(s, reasons);
-        return;
+        return now;
     }
     pthread_mutex_lock(&s->ring_mu);
     Py_ssize_t at = (s->head + s->count) % s->cap;
@@ -509,16 +510,13 @@ static void tick(SamplerObject *s) {
     pthread_mutex_unlock(&s->ring_mu);
     pthread_mutex_unlock(&s->tick_mu);
     if (full) wake_python(s, R_GUARD);
+    return now;
 }
 
 static void add_seconds(struct timespec *t, double seconds) {
     long long ns = (long long)t->tv_nsec + (long long)(seconds * 1e9);
     t->tv_sec += (time_t)(ns / 1000000000LL);
     t->tv_nsec = (long)(ns % 1000000000LL);
-}
-
-static int before(const struct timespec *a, const struct timespec *b) {
-    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
 /* Tick on a fixed grid of absolute CLOCK_MONOTONIC deadlines (10.0 Hz, no drift), sleeping in
@@ -528,7 +526,7 @@ static int before(const struct timespec *a, const struct timespec *b) {
    deadlines are skipped. */
 static void *run(void *arg) {
     SamplerObject *s = arg;
-    struct timespec next, now;
+    struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
         add_seconds(&next, s->interval_s);
@@ -541,12 +539,11 @@ static void *run(void *arg) {
         }
         if (errno != ETIMEDOUT) /* no usable futex (a sandbox?): sleep without the early stop */
             while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {}
-        tick(s);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (before(&next, &now)) {
-            struct timespec late = next;
-            add_seconds(&late, s->interval_s);
-            if (before(&late, &now)) next = now; /* missed a whole period: start again from now */
+        double now = tick(s);
+        double late = (double)next.tv_sec + (double)next.tv_nsec * 1e-9 + s->interval_s;
+        if (now > late) { /* missed a whole period: start again from now */
+            next.tv_sec = (time_t)now;
+            next.tv_nsec = (long)((now - (double)next.tv_sec) * 1e9);
         }
     }
     return NULL;
@@ -806,7 +803,7 @@ static PyObject *Sampler_measure(SamplerObject *s, PyObject *Py_UNUSED(ignored))
     int reasons;
     if (check_alive(s)) return NULL;
     lock_tick(s);
-    reasons = s->cfg && s->armed ? measure(s, s->cfg, &x, 1) : R_UNCONFIGURED;
+    reasons = s->cfg && s->armed ? measure(s, s->cfg, &x, 1, monotonic_now()) : R_UNCONFIGURED;
     pthread_mutex_unlock(&s->tick_mu);
     if (reasons) return Py_BuildValue("(iO)", reasons, Py_None);
     return Py_BuildValue("(iN)", 0, sample_tuple(&x));
