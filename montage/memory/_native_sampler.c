@@ -528,22 +528,20 @@ static void *run(void *arg) {
     SamplerObject *s = arg;
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
+    add_seconds(&next, s->interval_s);
     while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
-        add_seconds(&next, s->interval_s);
         long r = syscall(SYS_futex, &s->stop, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, 0, &next,
                          NULL, FUTEX_BITSET_MATCH_ANY);
         if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) break;
-        if (r == 0 || errno == EINTR || errno == EAGAIN) { /* spurious, or a signal: same deadline */
-            add_seconds(&next, -s->interval_s);
-            continue;
-        }
+        if (r == 0 || errno == EINTR || errno == EAGAIN) continue; /* spurious: same deadline */
         if (errno != ETIMEDOUT) /* no usable futex (a sandbox?): sleep without the early stop */
             while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {}
         double now = tick(s);
-        double late = (double)next.tv_sec + (double)next.tv_nsec * 1e-9 + s->interval_s;
-        if (now > late) { /* missed a whole period: start again from now */
+        add_seconds(&next, s->interval_s);
+        if (now > (double)next.tv_sec + (double)next.tv_nsec * 1e-9) { /* missed a period */
             next.tv_sec = (time_t)now;
             next.tv_nsec = (long)((now - (double)next.tv_sec) * 1e9);
+            add_seconds(&next, s->interval_s);
         }
     }
     return NULL;
